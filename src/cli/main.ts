@@ -1,0 +1,178 @@
+// The `airlock` command line. Wiring only: each command calls into the library.
+import { Command, InvalidArgumentError } from 'commander';
+import { ConfigError, loadConfig } from '../config/config.ts';
+import { startGateway, PolicyInvalidError, VERSION } from '../gateway/gateway.ts';
+import { LocalAgent } from '../agent/agent.ts';
+import { loadPolicyDir, formatProblems } from '../policy/loader.ts';
+import { openStore } from '../store/store.ts';
+import { parseDuration, formatTable, printBanner, waitForStop } from './format.ts';
+import { runDemo } from './demo.ts';
+
+const program = new Command();
+program
+  .name('airlock')
+  .description('Airlock: an identity-aware gateway for non-human access to databases.\nDocs: docs/getting-started.md')
+  .version(VERSION)
+  .showHelpAfterError();
+
+const configOption = ['-c, --config <file>', 'config file', 'airlock.yaml'] as const;
+
+program
+  .command('up')
+  .description('run the gateway and an in-process agent (single host)')
+  .option(...configOption)
+  .action(async (opts: { config: string }) => {
+    const config = loadConfig(opts.config);
+    const gw = await startGateway(config, new LocalAgent(config.connections));
+    printBanner(gw.addresses, gw.tls, gw.policies.current.version, config.connections.map((c) => c.name));
+    process.on('SIGHUP', () => gw.reloadPolicies());
+    await waitForStop();
+    await gw.close();
+  });
+
+program
+  .command('demo')
+  .description('start an embedded PostgreSQL with sample data, example policies, the gateway and two tokens')
+  .option('--dir <dir>', 'where the demo keeps its files', '.airlock-demo')
+  .option('--postgres-url <url>', 'use this PostgreSQL server (a superuser URL) instead of starting an embedded one')
+  .option('--listen <host:port>', 'PostgreSQL listener of the gateway', '127.0.0.1:15432')
+  .option('--api <host:port>', 'API listener of the gateway', '127.0.0.1:8080')
+  .action(async (opts: { dir: string; postgresUrl?: string; listen: string; api: string }) => {
+    await runDemo(opts);
+  });
+
+const token = program.command('token').description('manage Airlock service tokens');
+token
+  .command('create')
+  .description('create a service token (printed once; only its hash is stored)')
+  .requiredOption('--subject <name>', 'identity the token stands for, e.g. ci-runner')
+  .option('--groups <a,b>', 'comma-separated groups', '')
+  .option('--ttl <duration>', 'lifetime, e.g. 30m, 1h, 7d', '1h')
+  .option('--description <text>', 'free text shown in `token list`')
+  .option('--json', 'print JSON')
+  .option(...configOption)
+  .action(async (opts: { subject: string; groups: string; ttl: string; description?: string; json?: boolean; config: string }) => {
+    const ttlMs = parseDuration(opts.ttl);
+    const groups = opts.groups.split(',').map((g) => g.trim()).filter(Boolean);
+    await withStore(opts.config, async (store) => {
+      const { token: tok, record } = await store.createToken({ subject: opts.subject, groups, ttlMs, description: opts.description });
+      store.appendAudit({ time: new Date().toISOString(), type: 'token.create', subject: record.subject,
+        detail: { tokenId: record.id, groups: record.groups, expiresAt: record.expiresAt } });
+      if (opts.json) console.log(JSON.stringify({ token: tok, ...record }, null, 2));
+      else {
+        console.log(tok);
+        console.error(`token ${record.id} for ${record.subject} (groups: ${record.groups.join(',') || '-'}) expires ${record.expiresAt}`);
+      }
+    });
+  });
+token
+  .command('list')
+  .description('list tokens (active ones unless --all)')
+  .option('--all', 'include revoked and expired tokens')
+  .option('--json', 'print JSON')
+  .option(...configOption)
+  .action(async (opts: { all?: boolean; json?: boolean; config: string }) => {
+    await withStore(opts.config, async (store) => {
+      const rows = await store.listTokens({ includeRevoked: !!opts.all, includeExpired: !!opts.all });
+      if (opts.json) return console.log(JSON.stringify(rows, null, 2));
+      console.log(formatTable(rows.map((r) => ({
+        id: r.id, subject: r.subject, groups: r.groups.join(','), expires: r.expiresAt,
+        status: r.revokedAt ? 'revoked' : Date.parse(r.expiresAt) <= Date.now() ? 'expired' : 'active',
+        description: r.description ?? '',
+      }))));
+    });
+  });
+token
+  .command('revoke')
+  .description('revoke a token: new connections and new statements on open sessions are refused at once')
+  .argument('<id>', 'token id (from `airlock token list`)')
+  .option(...configOption)
+  .action(async (id: string, opts: { config: string }) => {
+    await withStore(opts.config, async (store) => {
+      if (!(await store.revokeToken(id))) {
+        console.error(`airlock: no active token with id ${id}`);
+        process.exitCode = 1;
+        return;
+      }
+      store.appendAudit({ time: new Date().toISOString(), type: 'token.revoke', detail: { tokenId: id } });
+      console.log(`revoked ${id}`);
+    });
+  });
+
+const policy = program.command('policy').description('work with policy folders');
+policy
+  .command('check')
+  .description('validate a policy folder; prints file:line: problem, exit status 1 when invalid')
+  .argument('[dir]', 'policy folder', 'policies')
+  .action((dir: string) => {
+    const result = loadPolicyDir(dir);
+    if (result.problems.length) {
+      console.error(formatProblems(result.problems));
+      console.error(`${result.problems.length} problem(s) in ${dir}`);
+      process.exitCode = 1;
+      return;
+    }
+    const b = result.bundle!;
+    console.log(`ok: ${b.policies.length} policies, ${b.connections.length} connections in ${b.files.length} files (version ${b.version})`);
+  });
+
+const audit = program.command('audit').description('read the audit log');
+audit
+  .command('list')
+  .description('show the latest audit events')
+  .option('--limit <n>', 'how many events', (v) => positiveInt(v), 50)
+  .option('--type <type>', 'only this event type (statement, session.start, auth.failure, ...)')
+  .option('--subject <subject>', 'only this identity')
+  .option('--connection <name>', 'only this connection')
+  .option('--decision <decision>', 'allow, deny or review')
+  .option('--session <id>', 'only this session')
+  .option('--json', 'print JSON lines')
+  .option(...configOption)
+  .action(async (opts: { limit: number; type?: string; subject?: string; connection?: string; decision?: string; session?: string; json?: boolean; config: string }) => {
+    await withStore(opts.config, async (store) => {
+      const events = await store.listAudit({ limit: opts.limit, type: opts.type, subject: opts.subject,
+        connection: opts.connection, decision: opts.decision, sessionId: opts.session });
+      if (opts.json) {
+        for (const e of events) console.log(JSON.stringify(e));
+        return;
+      }
+      console.log(formatTable(events.map((e) => ({
+        id: e.id, time: e.time, type: e.type, subject: e.subject ?? '', connection: e.connection ?? '',
+        decision: e.decision ?? '', statement: oneLine(e.statement ?? e.error ?? ''), reason: oneLine(e.reason ?? ''),
+      }))));
+    });
+  });
+
+function positiveInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer');
+  return n;
+}
+
+const oneLine = (s: string, max = 80) => {
+  const t = s.replace(/\s+/g, ' ').trim();
+  return t.length > max ? `${t.slice(0, max - 1)}…` : t;
+};
+
+async function withStore<T>(configFile: string, fn: (store: Awaited<ReturnType<typeof openStore>>) => Promise<T>): Promise<T> {
+  const config = loadConfig(configFile, { optional: configFile === 'airlock.yaml' });
+  const store = await openStore({ type: 'embedded', path: config.storePath });
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+try {
+  await program.parseAsync(process.argv);
+  process.exit(process.exitCode ?? 0);
+} catch (err) {
+  if (err instanceof ConfigError || err instanceof PolicyInvalidError || err instanceof InvalidArgumentError) {
+    console.error(`airlock: ${err.message}`);
+  } else {
+    console.error(`airlock: ${(err as Error).message ?? err}`);
+    if (process.env.AIRLOCK_DEBUG) console.error(err);
+  }
+  process.exit(1);
+}

@@ -1,0 +1,145 @@
+// airlock.yaml: listeners, store, policy folder, TLS, trusted issuers and the agent's connections.
+// Secret references (`${VAR}` anywhere in a string, or a whole value `file:/path`) are resolved at
+// load time; resolved secrets are kept only in memory and never logged.
+import fs from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import YAML from 'yaml';
+
+const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, 'expected host:port, e.g. 127.0.0.1:15432');
+
+const issuerSchema = z.strictObject({
+  issuer: z.string().url(),
+  audience: z.union([z.string(), z.array(z.string()).min(1)]),
+  jwks_uri: z.string().url().optional(),
+  groups_claim: z.string().optional(),
+  subject_claim: z.string().optional(),
+});
+
+const connectionSchema = z.strictObject({
+  name: z.string().min(1),
+  url: z.string().min(1),
+});
+
+export const configSchema = z.strictObject({
+  data_dir: z.string().optional(),
+  store: z.strictObject({ type: z.literal('embedded').default('embedded'), path: z.string().optional() }).optional(),
+  policies: z.string().default('./policies'),
+  listeners: z.strictObject({
+    api: hostPort.default('127.0.0.1:8080'),
+    postgres: hostPort.default('127.0.0.1:15432'),
+  }).default({ api: '127.0.0.1:8080', postgres: '127.0.0.1:15432' }),
+  tls: z.strictObject({ cert: z.string(), key: z.string() }).optional(),
+  identity: z.strictObject({ issuers: z.array(issuerSchema).default([]) }).default({ issuers: [] }),
+  agent: z.strictObject({ connections: z.array(connectionSchema).default([]) }).default({ connections: [] }),
+  log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+    .default({ level: 'info' }),
+});
+
+export type RawConfig = z.infer<typeof configSchema>;
+
+export interface AirlockConfig {
+  /** Folder of the config file; relative paths are resolved against it. */
+  baseDir: string;
+  dataDir: string;
+  storePath: string;
+  policiesDir: string;
+  listeners: { api: HostPort; postgres: HostPort };
+  tls?: { cert: string; key: string };
+  issuers: RawConfig['identity']['issuers'];
+  connections: { name: string; url: string }[];
+  logLevel: RawConfig['log']['level'];
+}
+
+export interface HostPort { host: string; port: number }
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export function parseHostPort(s: string): HostPort {
+  const i = s.lastIndexOf(':');
+  return { host: s.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(s.slice(i + 1)) };
+}
+
+/** Resolves `${VAR}` references and whole-value `file:` references. */
+export function resolveSecrets(value: string, where: string, baseDir: string, env: NodeJS.ProcessEnv = process.env): string {
+  if (value.startsWith('file:')) {
+    const file = path.resolve(baseDir, value.slice(5));
+    try {
+      return fs.readFileSync(file, 'utf8').trim();
+    } catch (e) {
+      throw new ConfigError(`${where}: cannot read secret file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  }
+  return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_, name: string) => {
+    const v = env[name];
+    if (v === undefined) throw new ConfigError(`${where}: environment variable ${name} is not set`);
+    return v;
+  });
+}
+
+function resolveDeep(node: unknown, where: string, baseDir: string, env: NodeJS.ProcessEnv): unknown {
+  if (typeof node === 'string') return resolveSecrets(node, where, baseDir, env);
+  if (Array.isArray(node)) return node.map((v, i) => resolveDeep(v, `${where}[${i}]`, baseDir, env));
+  if (node && typeof node === 'object') {
+    return Object.fromEntries(Object.entries(node).map(([k, v]) => [k, resolveDeep(v, where ? `${where}.${k}` : k, baseDir, env)]));
+  }
+  return node;
+}
+
+/** Builds the effective config from a parsed YAML object. */
+export function buildConfig(raw: unknown, baseDir: string, env: NodeJS.ProcessEnv = process.env): AirlockConfig {
+  const resolved = resolveDeep(raw ?? {}, '', baseDir, env);
+  const parsed = configSchema.safeParse(resolved);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.') || '(top level)'}: ${i.message}`);
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  const c = parsed.data;
+  const abs = (p: string) => path.resolve(baseDir, p);
+  const dataDir = abs(c.data_dir ?? '.airlock');
+  const names = new Set<string>();
+  for (const conn of c.agent.connections) {
+    if (names.has(conn.name)) throw new ConfigError(`agent.connections: duplicate connection name "${conn.name}"`);
+    names.add(conn.name);
+  }
+  return {
+    baseDir,
+    dataDir,
+    storePath: c.store?.path ? abs(c.store.path) : path.join(dataDir, 'airlock.db'),
+    policiesDir: abs(c.policies),
+    listeners: { api: parseHostPort(c.listeners.api), postgres: parseHostPort(c.listeners.postgres) },
+    tls: c.tls && { cert: abs(c.tls.cert), key: abs(c.tls.key) },
+    issuers: c.identity.issuers,
+    connections: c.agent.connections,
+    logLevel: c.log.level,
+  };
+}
+
+/** Loads a config file. A missing file is an error unless `optional` (then defaults apply). */
+export function loadConfig(file: string | undefined, opts: { optional?: boolean } = {}): AirlockConfig {
+  const resolvedFile = path.resolve(file ?? 'airlock.yaml');
+  let text: string;
+  try {
+    text = fs.readFileSync(resolvedFile, 'utf8');
+  } catch (e) {
+    if (opts.optional && (e as NodeJS.ErrnoException).code === 'ENOENT') return buildConfig({}, path.dirname(resolvedFile));
+    throw new ConfigError(`cannot read config file ${resolvedFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = YAML.parse(text, { prettyErrors: true });
+  } catch (e) {
+    throw new ConfigError(`${resolvedFile}: ${(e as Error).message}`);
+  }
+  try {
+    return buildConfig(raw, path.dirname(resolvedFile));
+  } catch (e) {
+    if (e instanceof ConfigError) throw new ConfigError(`${resolvedFile}: ${e.message}`);
+    throw e;
+  }
+}

@@ -1,0 +1,146 @@
+// Wiring only: builds the gateway from a config (store, policies, identity, protocol listeners, API).
+import net from 'node:net';
+import { once } from 'node:events';
+import pino, { type Logger } from 'pino';
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { AirlockConfig, HostPort } from '../config/config.ts';
+import type { AuditEvent, ConnectionInfo, Identity } from '../core/types.ts';
+import { openStore, type Store } from '../store/store.ts';
+import { PolicyHolder } from '../policy/watch.ts';
+import { evaluate } from '../policy/evaluate.ts';
+import { formatProblems, type PolicyProblem } from '../policy/loader.ts';
+import { initClassifier, classifySql } from '../protocols/postgres/classify.ts';
+import { createPgServer } from '../protocols/postgres/adapter.ts';
+import { JwtVerifier } from '../identity/jwt.ts';
+import { AuthError } from '../identity/errors.ts';
+import { looksLikeServiceToken } from '../identity/service-tokens.ts';
+import type { AgentLink } from '../agent/agent.ts';
+import { loadOrCreateTls, type TlsMaterial } from './tls.ts';
+
+export const VERSION = '0.1.0';
+
+export class PolicyInvalidError extends Error {
+  constructor(readonly problems: PolicyProblem[]) {
+    super(`the policy folder is invalid:\n${formatProblems(problems)}`);
+    this.name = 'PolicyInvalidError';
+  }
+}
+
+export interface Gateway {
+  config: AirlockConfig;
+  store: Store;
+  policies: PolicyHolder;
+  tls: TlsMaterial;
+  /** Bound addresses (ports resolved when the config asked for port 0). */
+  addresses: { api: HostPort; postgres: HostPort };
+  log: Logger;
+  reloadPolicies(): void;
+  close(): Promise<void>;
+}
+
+export async function startGateway(config: AirlockConfig, agent: AgentLink, opts: { logger?: Logger } = {}): Promise<Gateway> {
+  const log = opts.logger ?? pino({ level: config.logLevel, base: { service: 'airlock' } }, pino.destination(2));
+  const policies = new PolicyHolder(config.policiesDir);
+  const initial = policies.load();
+  if (initial.problems.length) throw new PolicyInvalidError(initial.problems);
+
+  const store = await openStore({ type: 'embedded', path: config.storePath });
+  const audit = (e: AuditEvent) => store.appendAudit(e);
+  const servers: net.Server[] = [];
+  let api: FastifyInstance | undefined;
+  try {
+    await initClassifier();
+    const tls = await loadOrCreateTls(config.tls, config.dataDir);
+    const jwt = new JwtVerifier(config.issuers.map((i) => ({
+      issuer: i.issuer, audience: i.audience, jwksUri: i.jwks_uri, groupsClaim: i.groups_claim, subjectClaim: i.subject_claim,
+    })));
+
+    const bundle = () => policies.current;
+    policies.on('reloaded', (b) => {
+      log.info({ version: b.version, policies: b.policies.length }, 'policies reloaded');
+      audit({ time: new Date().toISOString(), type: 'policy.load', bundleVersion: b.version, detail: { files: b.files } });
+    });
+    policies.on('invalid', (problems: PolicyProblem[]) => {
+      log.error({ problems }, `policy reload failed; still enforcing version ${bundle().version}\n${formatProblems(problems)}`);
+      audit({ time: new Date().toISOString(), type: 'policy.error', bundleVersion: bundle().version,
+        error: formatProblems(problems) });
+    });
+    policies.watch();
+    audit({ time: new Date().toISOString(), type: 'policy.load', bundleVersion: bundle().version, detail: { files: bundle().files } });
+
+    const authenticate = async (token: string): Promise<Identity> => {
+      if (looksLikeServiceToken(token)) return store.verifyServiceToken(token);
+      if (JwtVerifier.looksLikeJwt(token)) return jwt.verify(token);
+      throw new AuthError('malformed', 'the password must be an Airlock token or a JWT from a trusted issuer');
+    };
+    const isIdentityActive = async (id: Identity): Promise<boolean> => {
+      if (id.expiresAt !== undefined && id.expiresAt <= Date.now()) return false;
+      return id.tokenId ? store.isTokenActive(id.tokenId) : true;
+    };
+    const connection = (name: string): ConnectionInfo | undefined => bundle().connections.find((c) => c.name === name);
+
+    const served = new Set(agent.serves());
+    for (const c of bundle().connections) {
+      if (!served.has(c.name)) log.warn({ connection: c.name }, 'connection is declared in policies but no agent serves it');
+    }
+
+    const pg = createPgServer({
+      authenticate,
+      isIdentityActive,
+      connection,
+      classify: classifySql,
+      decide: (identity, request) => evaluate(bundle(), identity, request),
+      policyVersion: () => bundle().version,
+      openTarget: (name, params) => agent.open(name, params),
+      cancelTarget: (name, pid, key) => agent.cancel(name, pid, key),
+      audit,
+      log,
+      tls: { cert: tls.cert, key: tls.key },
+    });
+    servers.push(pg);
+    const pgAddr = await listen(pg, config.listeners.postgres);
+
+    api = Fastify({ logger: false });
+    api.get('/healthz', async () => ({ ok: true }));
+    api.get('/api/status', async () => ({
+      version: VERSION,
+      policyVersion: bundle().version,
+      connections: bundle().connections.map((c) => ({ ...c, served: served.has(c.name) })),
+      listeners: { postgres: `${pgAddr.host}:${pgAddr.port}` },
+      tlsFingerprint: tls.fingerprint,
+    }));
+    await api.listen({ host: config.listeners.api.host, port: config.listeners.api.port });
+    const apiAddr = api.server.address() as net.AddressInfo;
+
+    log.info({ postgres: pgAddr, api: apiAddr.port, policyVersion: bundle().version }, 'gateway started');
+    let closed = false;
+    return {
+      config, store, policies, tls, log,
+      addresses: { api: { host: config.listeners.api.host, port: apiAddr.port }, postgres: pgAddr },
+      reloadPolicies: () => policies.reload(),
+      async close() {
+        if (closed) return;
+        closed = true;
+        policies.close();
+        for (const s of servers) s.close();
+        await api?.close();
+        await store.close();
+      },
+    };
+  } catch (err) {
+    policies.close();
+    for (const s of servers) s.close();
+    await api?.close();
+    await store.close();
+    throw err;
+  }
+}
+
+async function listen(server: net.Server, at: HostPort): Promise<HostPort> {
+  server.listen(at.port, at.host);
+  await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => {
+    throw new Error(`cannot listen on ${at.host}:${at.port}: ${(e as Error).message}`);
+  })]);
+  const addr = server.address() as net.AddressInfo;
+  return { host: at.host, port: addr.port };
+}

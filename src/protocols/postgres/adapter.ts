@@ -1,0 +1,544 @@
+// Gateway side of the PostgreSQL adapter: terminates the client's protocol, authenticates it,
+// asks policy about every statement and enforces the answer in PostgreSQL's own terms.
+//
+// Refusals are enforced by sending the target a "poison" message in place of the refused one:
+// a statement that is certain to fail (`airlock_refused_<n>`). The target then behaves exactly as
+// if the refused statement had failed: an open transaction is aborted, the rest of an extended
+// batch is skipped until Sync, and ReadyForQuery carries the true transaction state. The gateway
+// replaces the target's error with its own 42501 refusal. This keeps the gateway and the target
+// in lockstep under pipelining without emulating the backend's state machine.
+import net from 'node:net';
+import tls from 'node:tls';
+import { randomBytes, randomInt } from 'node:crypto';
+import type { AuditEvent, ConnectionInfo, Decision, Identity, Request, SqlRequestInfo } from '../../core/types.ts';
+import {
+  FrameReader, ProtocolError, decodeBackendKey, decodeBind, decodeCommandTag, decodeErrorFields,
+  decodeExecute, decodeParse, decodeQuery, decodeReadyStatus, decodeStartup, decodeTarget, encode,
+  errorFields, rowsFromTag, type ErrorFields, type Frame,
+} from './codec.ts';
+import type { TargetConnection } from './target.ts';
+
+export interface PgAdapterDeps {
+  /** Verifies the token the client sent as its password. Throws an error whose message is safe to show. */
+  authenticate(token: string): Promise<Identity>;
+  /** Re-checked before every statement: false once a token is revoked or expired. */
+  isIdentityActive(identity: Identity): Promise<boolean>;
+  connection(database: string): ConnectionInfo | undefined;
+  classify(text: string): SqlRequestInfo;
+  decide(identity: Identity, request: Request): Decision;
+  /** Version of the policy bundle in force (for refusals that no rule decides). */
+  policyVersion(): string;
+  /** Opens an authenticated target connection through the agent serving `connection`. */
+  openTarget(connection: string, clientParams: Record<string, string>): Promise<TargetConnection>;
+  cancelTarget(connection: string, processId: number, secretKey: number): Promise<void>;
+  audit(event: AuditEvent): void;
+  log: { info(o: object, msg?: string): void; warn(o: object, msg?: string): void };
+  /** TLS for clients; when absent, SSLRequest is declined. */
+  tls?: tls.SecureContextOptions;
+  /** Refuse non-loopback clients that did not negotiate TLS. Default true. */
+  requireTlsForRemote?: boolean;
+  /** Seconds a client has to complete startup and authentication. */
+  startupTimeoutSec?: number;
+  maxMessageBytes?: number;
+}
+
+interface PendingStatement {
+  kind: 'query' | 'execute' | 'sync';
+  event?: AuditEvent;
+  started?: number;
+  rows?: number;
+}
+
+/** Session registry keyed by the BackendKeyData the gateway handed out, for CancelRequest routing. */
+const sessionsByKey = new Map<string, PgSession>();
+
+export function createPgServer(deps: PgAdapterDeps): net.Server {
+  const secureContext = deps.tls ? tls.createSecureContext(deps.tls) : undefined;
+  return net.createServer((socket) => {
+    socket.setNoDelay(true);
+    new PgSession(socket, deps, secureContext).start();
+  });
+}
+
+const isLoopback = (addr: string | undefined) =>
+  !!addr && (addr === '::1' || addr.startsWith('127.') || addr.startsWith('::ffff:127.'));
+
+let sessionCounter = 0;
+
+class PgSession {
+  readonly id = `pg-${Date.now().toString(36)}-${(++sessionCounter).toString(36)}-${randomBytes(3).toString('hex')}`;
+  private client: net.Socket | tls.TLSSocket;
+  private target?: net.Socket | tls.TLSSocket;
+  private readonly source: string;
+  private readonly clientReader: FrameReader;
+  private readonly targetReader = new FrameReader({ typed: true });
+  private identity?: Identity;
+  private connection?: ConnectionInfo;
+  private tlsActive = false;
+  private phase: 'startup' | 'password' | 'connecting' | 'ready' | 'closed' = 'startup';
+  private startupParams: Record<string, string> = {};
+  private processing = false;
+  private targetKey?: { processId: number; secretKey: number };
+  private gatewayKey?: string;
+  private readonly statements = new Map<string, string>(); // prepared statement name -> text
+  private readonly portals = new Map<string, string>(); // portal name -> text
+  private readonly inflight: PendingStatement[] = [];
+  private readonly refusals = new Map<string, ErrorFields>(); // poison marker -> refusal to show
+  private readonly marker = `airlock_refused_${randomBytes(4).toString('hex')}_`;
+  private refusalSeq = 0;
+  private txnStatus = 'I';
+  private counts = { statements: 0, denied: 0 };
+  private readonly startedAt = Date.now();
+  private startupTimer?: NodeJS.Timeout;
+
+  constructor(socket: net.Socket, private readonly deps: PgAdapterDeps, private readonly secureContext?: tls.SecureContext) {
+    this.client = socket;
+    this.source = (socket.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
+    this.clientReader = new FrameReader({ typed: false, maxMessage: deps.maxMessageBytes });
+  }
+
+  start(): void {
+    this.attachClient(this.client);
+    this.startupTimer = setTimeout(
+      () => this.fatal('08006', 'startup and authentication did not complete in time'),
+      (this.deps.startupTimeoutSec ?? 30) * 1000,
+    );
+  }
+
+  private attachClient(sock: net.Socket | tls.TLSSocket): void {
+    sock.on('data', (d: Buffer) => this.onClientData(d));
+    sock.on('error', () => this.close());
+    sock.on('close', () => this.close());
+    sock.on('drain', () => this.target?.resume());
+  }
+
+  // ---------- client -> gateway ----------
+
+  private onClientData(chunk: Buffer): void {
+    this.clientReader.push(chunk);
+    void this.processClient();
+  }
+
+  /** Handles client frames strictly in order; statements may await token checks. */
+  private async processClient(): Promise<void> {
+    if (this.processing) return;
+    this.processing = true;
+    try {
+      let frame: Frame | undefined;
+      while (this.phase !== 'closed' && (frame = this.clientReader.next())) {
+        if (this.phase === 'startup') await this.onStartupPacket(frame);
+        else if (this.phase === 'password') await this.onPassword(frame);
+        else if (this.phase === 'ready') await this.onClientMessage(frame);
+        else throw new ProtocolError('unexpected data while the connection is being set up');
+      }
+    } catch (err) {
+      if (err instanceof ProtocolError) {
+        this.auditProtocolError(err.message);
+        this.fatal('08P01', `protocol violation: ${err.message}`);
+      } else {
+        this.deps.log.warn({ err, session: this.id }, 'postgres session failed');
+        this.fatal('XX000', `internal gateway error: ${(err as Error).message}`);
+      }
+    } finally {
+      this.processing = false;
+    }
+  }
+
+  private async onStartupPacket(frame: Frame): Promise<void> {
+    const pkt = decodeStartup(frame);
+    if (pkt.kind === 'ssl' || pkt.kind === 'gssenc') {
+      const accept = pkt.kind === 'ssl' && !!this.secureContext && !this.tlsActive;
+      this.client.write(encode.sslResponse(accept));
+      if (accept) this.upgradeToTls();
+      return;
+    }
+    if (pkt.kind === 'cancel') {
+      const session = sessionsByKey.get(`${pkt.processId}:${pkt.secretKey}`);
+      if (session) await session.cancel();
+      this.close();
+      return;
+    }
+    this.startupParams = pkt.params;
+    if (!this.tlsActive && !isLoopback(this.client.remoteAddress) && this.deps.requireTlsForRemote !== false) {
+      return this.refuseConnection('28000', 'TLS is required for connections from other hosts (use sslmode=require)');
+    }
+    if (pkt.params.replication && pkt.params.replication !== 'false') {
+      return this.refuseConnection('28000', 'replication connections are not supported through Airlock');
+    }
+    const database = pkt.params.database ?? pkt.params.user ?? '';
+    this.connection = this.deps.connection(database);
+    this.clientReader.typed = true;
+    this.phase = 'password';
+    this.client.write(encode.authCleartext());
+  }
+
+  private upgradeToTls(): void {
+    const plain = this.client;
+    plain.removeAllListeners('data');
+    plain.removeAllListeners('error');
+    plain.removeAllListeners('close');
+    plain.removeAllListeners('drain');
+    const secure = new tls.TLSSocket(plain, { isServer: true, secureContext: this.secureContext });
+    this.client = secure;
+    this.tlsActive = true;
+    this.attachClient(secure);
+  }
+
+  private async onPassword(frame: Frame): Promise<void> {
+    if (frame.type !== 'p') throw new ProtocolError(`expected a password message, got '${frame.type}'`);
+    const token = frame.body.subarray(0, Math.max(0, frame.body.length - 1)).toString('utf8');
+    try {
+      this.identity = await this.deps.authenticate(token);
+    } catch (err) {
+      const reason = (err as Error).message;
+      this.deps.audit({ time: new Date().toISOString(), type: 'auth.failure', sessionId: this.id, source: this.source,
+        connection: this.startupParams.database, reason, detail: { user: this.startupParams.user } });
+      return this.refuseConnection('28P01', `authentication failed: ${reason}`);
+    }
+    const id = this.identity;
+    if (!this.connection) {
+      this.auditSessionRefused(`unknown connection "${this.startupParams.database ?? ''}"`);
+      return this.refuseConnection('3D000', `connection "${this.startupParams.database ?? ''}" is not declared in the policy folder`);
+    }
+    // Refuse right away when no policy lets this identity use the connection at all.
+    const gate = this.deps.decide(id, this.request({ text: '', statements: [] }));
+    if (gate.action === 'deny') {
+      this.auditSessionRefused(gate.reason, gate);
+      return this.refuseConnection('42501', `airlock: ${gate.reason}`);
+    }
+    this.phase = 'connecting';
+    this.client.pause();
+    let conn: TargetConnection;
+    try {
+      conn = await this.deps.openTarget(this.connection.name, this.startupParams);
+    } catch (err) {
+      this.auditSessionRefused(`target unavailable: ${(err as Error).message}`);
+      return this.refuseConnection('08006', `airlock: cannot open connection "${this.connection.name}": ${(err as Error).message}`);
+    }
+    if (this.phase !== 'connecting') {
+      conn.socket.destroy();
+      return;
+    }
+    clearTimeout(this.startupTimer);
+    this.target = conn.socket;
+    this.phase = 'ready';
+    this.deps.audit({ ...this.eventBase('session.start'), detail: { user: this.startupParams.user,
+      application: this.startupParams.application_name, tls: this.tlsActive, claims: id.claims, groups: id.groups } });
+    this.deps.log.info({ session: this.id, subject: id.subject, connection: this.connection.name, source: this.source }, 'postgres session opened');
+    this.client.write(encode.authOk());
+    this.target.on('data', (d: Buffer) => this.onTargetData(d));
+    this.target.on('error', () => this.onTargetLost());
+    this.target.on('close', () => this.onTargetLost());
+    this.target.on('drain', () => this.client.resume());
+    if (conn.leftover.length) this.onTargetData(conn.leftover);
+    this.client.resume();
+  }
+
+  private async onClientMessage(frame: Frame): Promise<void> {
+    switch (frame.type) {
+      case 'Q': {
+        const text = decodeQuery(frame.body);
+        const decision = await this.check(text);
+        if (!decision) return;
+        if (decision.verdict.action === 'allow') {
+          this.inflight.push({ kind: 'query', event: decision.event, started: performance.now() });
+          this.toTarget(frame.raw);
+        } else {
+          this.inflight.push({ kind: 'query' });
+          this.toTarget(encode.query(this.poison(decision.verdict, decision.info)));
+        }
+        return;
+      }
+      case 'P': {
+        const parse = decodeParse(frame.body);
+        const decision = await this.check(parse.query, { auditAllowed: false });
+        if (!decision) return;
+        if (decision.verdict.action === 'allow') {
+          this.statements.set(parse.name, parse.query);
+          this.toTarget(frame.raw);
+        } else {
+          this.statements.delete(parse.name);
+          this.toTarget(encode.execute(this.poison(decision.verdict, decision.info)));
+        }
+        return;
+      }
+      case 'B': {
+        const bind = decodeBind(frame.body);
+        const text = this.statements.get(bind.statement);
+        if (text !== undefined) this.portals.set(bind.portal, text);
+        else this.portals.delete(bind.portal);
+        this.toTarget(frame.raw);
+        return;
+      }
+      case 'E': {
+        const exec = decodeExecute(frame.body);
+        const text = this.portals.get(exec.portal);
+        if (text === undefined) {
+          // A portal the gateway did not see bound from an allowed statement (its Parse was refused,
+          // or it came from elsewhere): nothing the gateway has not judged may run.
+          const verdict: Decision = { action: 'deny', reason: `portal "${exec.portal}" was not bound from a statement Airlock allowed`,
+            bundleVersion: this.deps.policyVersion(), masks: [] };
+          this.toTarget(encode.execute(this.poison(verdict)));
+          return;
+        }
+        const decision = await this.check(text);
+        if (!decision) return;
+        if (decision.verdict.action === 'allow') {
+          this.inflight.push({ kind: 'execute', event: decision.event, started: performance.now() });
+          this.toTarget(frame.raw);
+        } else {
+          this.toTarget(encode.execute(this.poison(decision.verdict, decision.info)));
+        }
+        return;
+      }
+      case 'C': {
+        const target = decodeTarget(frame.body);
+        if (target.kind === 'S') this.statements.delete(target.name);
+        else this.portals.delete(target.name);
+        this.toTarget(frame.raw);
+        return;
+      }
+      case 'S':
+        this.inflight.push({ kind: 'sync' });
+        this.toTarget(frame.raw);
+        return;
+      case 'D':
+        decodeTarget(frame.body); // validates
+        this.toTarget(frame.raw);
+        return;
+      case 'H': case 'd': case 'c': case 'f':
+        this.toTarget(frame.raw);
+        return;
+      case 'F': {
+        // Fast-path function calls name a function by OID with no SQL to inspect: always refused.
+        const verdict: Decision = { action: 'deny', reason: 'fast-path function calls are not allowed through Airlock',
+          bundleVersion: this.deps.policyVersion(), masks: [] };
+        this.recordStatement('<fast-path function call>', undefined, verdict);
+        this.toTarget(encode.execute(this.poison(verdict)));
+        return;
+      }
+      case 'X':
+        this.target?.end(frame.raw);
+        this.close();
+        return;
+      default:
+        throw new ProtocolError(`unknown message type '${printable(frame.type)}'`);
+    }
+  }
+
+  /**
+   * Classifies and decides one statement text. Returns undefined when the session was ended
+   * (token revoked or expired).
+   */
+  private async check(text: string, opts: { auditAllowed?: boolean } = {}): Promise<{ verdict: Decision; info: SqlRequestInfo; event?: AuditEvent } | undefined> {
+    const identity = this.identity!;
+    if (!(await this.deps.isIdentityActive(identity))) {
+      this.deps.audit({ ...this.eventBase('statement'), statement: text, decision: 'deny', reason: 'token revoked or expired' });
+      this.fatal('28000', 'airlock: the token of this session was revoked or has expired');
+      return undefined;
+    }
+    const info = this.deps.classify(text);
+    const verdict = this.deps.decide(identity, this.request(info));
+    if (verdict.action !== 'allow') {
+      this.recordStatement(text, info, verdict);
+      return { verdict, info };
+    }
+    const event = opts.auditAllowed === false ? undefined : this.statementEvent(text, info, verdict);
+    return { verdict, info, event };
+  }
+
+  private request(sql: SqlRequestInfo): Request {
+    return { connection: this.connection!, source: this.source, time: new Date(), sql };
+  }
+
+  /** Registers a refusal and returns the marker the target will echo back in its error. */
+  private poison(verdict: Decision, info?: SqlRequestInfo): string {
+    const marker = `${this.marker}${++this.refusalSeq}`;
+    this.refusals.set(marker, refusalFields(verdict, info));
+    return marker;
+  }
+
+  // ---------- target -> client ----------
+
+  private onTargetData(chunk: Buffer): void {
+    this.targetReader.push(chunk);
+    const out: Buffer[] = [];
+    let frame: Frame | undefined;
+    try {
+      while ((frame = this.targetReader.next())) out.push(this.onTargetMessage(frame));
+    } catch (err) {
+      this.deps.log.warn({ err, session: this.id }, 'target sent an invalid message');
+      return this.fatal('08P01', 'airlock: the target sent an invalid message');
+    }
+    if (out.length && !this.client.write(joinContiguous(out))) this.target?.pause();
+  }
+
+  /** Returns the bytes to send to the client for one target message. */
+  private onTargetMessage(frame: Frame): Buffer {
+    const head = this.inflight[0];
+    switch (frame.type) {
+      case 'K': {
+        this.targetKey = decodeBackendKey(frame.body);
+        const processId = randomInt(1, 2 ** 31 - 1);
+        const secretKey = randomInt(-(2 ** 31), 2 ** 31 - 1);
+        this.gatewayKey = `${processId}:${secretKey}`;
+        sessionsByKey.set(this.gatewayKey, this);
+        return encode.backendKeyData(processId, secretKey);
+      }
+      case 'E': {
+        const fields = decodeErrorFields(frame.body);
+        const markerAt = fields.M?.indexOf(this.marker) ?? -1;
+        if (markerAt >= 0) {
+          const marker = /airlock_refused_[0-9a-f]+_\d+/.exec(fields.M!.slice(markerAt))?.[0] ?? '';
+          const refusal = this.refusals.get(marker);
+          this.refusals.delete(marker);
+          if (refusal) return encode.errorResponse(refusal);
+        }
+        if (head?.event) head.event.error = `${fields.C ?? ''} ${fields.M ?? ''}`.trim();
+        if (head?.kind === 'execute') this.finish();
+        return frame.raw;
+      }
+      case 'C':
+        if (head && (head.kind === 'query' || head.kind === 'execute')) {
+          head.rows = (head.rows ?? 0) + (rowsFromTag(decodeCommandTag(frame.body)) ?? 0);
+          if (head.kind === 'execute') this.finish();
+        }
+        return frame.raw;
+      case 'I': case 's':
+        if (head?.kind === 'execute') this.finish();
+        return frame.raw;
+      case 'Z':
+        this.txnStatus = decodeReadyStatus(frame.body);
+        while (this.inflight.length) {
+          const done = this.inflight[0].kind;
+          this.finish();
+          if (done !== 'execute') break;
+        }
+        return frame.raw;
+      default:
+        return frame.raw;
+    }
+  }
+
+  /** Completes the oldest in-flight statement and records it. */
+  private finish(): void {
+    const p = this.inflight.shift();
+    if (!p?.event) return;
+    this.counts.statements++;
+    p.event.durationMs = Math.round((performance.now() - (p.started ?? 0)) * 1000) / 1000;
+    if (p.rows !== undefined) p.event.rows = p.rows;
+    this.deps.audit(p.event);
+  }
+
+  // ---------- helpers ----------
+
+  private toTarget(bytes: Buffer): void {
+    if (this.target && !this.target.write(bytes)) this.client.pause();
+  }
+
+  private eventBase(type: AuditEvent['type']): AuditEvent {
+    return {
+      time: new Date().toISOString(), type, sessionId: this.id, subject: this.identity?.subject,
+      issuer: this.identity?.issuer, connection: this.connection?.name ?? this.startupParams.database, source: this.source,
+    };
+  }
+
+  private statementEvent(text: string, info: SqlRequestInfo | undefined, verdict: Decision): AuditEvent {
+    return {
+      ...this.eventBase('statement'), statement: text, classification: info && summarize(info),
+      decision: verdict.action, policy: verdict.policy, rule: verdict.rule, reason: verdict.reason, bundleVersion: verdict.bundleVersion,
+    };
+  }
+
+  private recordStatement(text: string, info: SqlRequestInfo | undefined, verdict: Decision): void {
+    this.counts.statements++;
+    this.counts.denied++;
+    this.deps.audit(this.statementEvent(text, info, verdict));
+  }
+
+  private auditSessionRefused(reason: string, verdict?: Decision): void {
+    this.deps.audit({ ...this.eventBase('session.end'), decision: 'deny', reason, policy: verdict?.policy,
+      rule: verdict?.rule, bundleVersion: verdict?.bundleVersion, detail: { outcome: 'refused', user: this.startupParams.user } });
+  }
+
+  private auditProtocolError(message: string): void {
+    this.deps.audit({ ...this.eventBase('protocol.error'), error: message, detail: { phase: this.phase } });
+  }
+
+  private async cancel(): Promise<void> {
+    if (!this.targetKey || !this.connection) return;
+    await this.deps.cancelTarget(this.connection.name, this.targetKey.processId, this.targetKey.secretKey).catch((err) =>
+      this.deps.log.warn({ err, session: this.id }, 'cancel request failed'));
+  }
+
+  /** Ends the connection before a session was established (no target yet). */
+  private refuseConnection(code: string, msg: string): void {
+    this.fatal(code, msg);
+  }
+
+  private fatal(code: string, msg: string): void {
+    if (this.phase === 'closed') return;
+    if (this.client.writable) this.client.end(encode.errorResponse(errorFields(code, msg, { severity: 'FATAL' })));
+    this.close();
+  }
+
+  private onTargetLost(): void {
+    if (this.phase !== 'ready') return;
+    this.fatal('08006', 'airlock: the connection to the target was lost');
+  }
+
+  private close(): void {
+    if (this.phase === 'closed') return;
+    const wasReady = this.phase === 'ready';
+    this.phase = 'closed';
+    clearTimeout(this.startupTimer);
+    if (this.gatewayKey) sessionsByKey.delete(this.gatewayKey);
+    while (this.inflight.length) this.finish();
+    if (wasReady) {
+      this.deps.audit({ ...this.eventBase('session.end'), durationMs: Date.now() - this.startedAt,
+        detail: { outcome: 'closed', statements: this.counts.statements, denied: this.counts.denied } });
+    }
+    this.target?.destroy();
+    // Give a pending FATAL message time to leave before the socket goes.
+    if (!this.client.destroyed) setTimeout(() => this.client.destroy(), 1000).unref();
+  }
+}
+
+/** The client-facing ErrorResponse for a refused statement. */
+function refusalFields(verdict: Decision, info?: SqlRequestInfo): ErrorFields {
+  const by = verdict.policy ? `policy "${verdict.policy}"${verdict.rule ? `, rule ${verdict.rule}` : ''}` : 'default deny';
+  const what = verdict.action === 'review'
+    ? `statement requires approval (${verdict.approvers?.join(', ') ?? 'no approvers'}); approvals are not enabled yet, so it is refused`
+    : verdict.reason;
+  const kinds = info?.statements.map((s) => s.kind).join(', ');
+  return errorFields('42501', `airlock: ${what}`, {
+    detail: `Refused by ${by}${kinds ? ` (statement: ${kinds})` : ''}. Policy version ${verdict.bundleVersion}.`,
+    hint: verdict.action === 'review' ? undefined : 'Ask the owner of the Airlock policy repository if you need this access.',
+  });
+}
+
+function summarize(info: SqlRequestInfo) {
+  return {
+    kinds: info.statements.map((s) => s.kind),
+    tablesRead: [...new Set(info.statements.flatMap((s) => s.tablesRead))],
+    tablesWritten: [...new Set(info.statements.flatMap((s) => s.tablesWritten))],
+    functions: [...new Set(info.statements.flatMap((s) => s.functions))],
+    readOnly: info.statements.every((s) => s.readOnly),
+    parseError: info.parseError,
+  };
+}
+
+/** Joins buffers that are adjacent views of one allocation without copying; copies otherwise. */
+function joinContiguous(parts: Buffer[]): Buffer {
+  if (parts.length === 1) return parts[0];
+  const first = parts[0];
+  let end = first.byteOffset + first.length;
+  for (let i = 1; i < parts.length; i++) {
+    const p = parts[i];
+    if (p.buffer !== first.buffer || p.byteOffset !== end) return Buffer.concat(parts);
+    end += p.length;
+  }
+  return Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset);
+}
+
+const printable = (t: string) => (/^[\x20-\x7e]$/.test(t) ? t : `0x${t.charCodeAt(0).toString(16)}`);

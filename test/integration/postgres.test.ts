@@ -1,0 +1,289 @@
+// The PostgreSQL data path end to end: real psql, pgbench and the pg driver, through the gateway,
+// against the real PostgreSQL server. Refusals are checked by their effect on the target.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import pg from 'pg';
+import { createTestDb, type TestDb } from '../helpers/pgdb.ts';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { psql, run } from '../helpers/clients.ts';
+
+const POLICIES = {
+  'connections.yaml': `connections:\n  - name: analytics\n    type: postgres\n    tags: { env: test }\n`,
+  'policies.yaml': `
+policies:
+  - name: ci-read
+    subjects: [{ group: ci }]
+    connections: [analytics]
+    allow:
+      - sql: [select, show, explain, copy]
+    deny:
+      - sql: [drop, truncate]
+        message: DDL is not allowed from CI
+  - name: dba-write
+    subjects: [{ group: dba }]
+    connections: [analytics]
+    allow:
+      - sql: [select, show, explain, insert, update, delete, copy, create, drop]
+      - functions: ["*"]
+    deny:
+      - sql: [update, delete]
+        without_where: true
+        message: UPDATE and DELETE need a WHERE clause
+`,
+};
+
+let db: TestDb;
+let gw: TestGateway;
+let ci: string;
+let dba: string;
+
+before(async () => {
+  db = await createTestDb();
+  gw = await startTestGateway({ policies: POLICIES, connections: [{ name: 'analytics', url: db.url }] });
+  ci = (await gw.token('ci-runner', ['ci'])).token;
+  dba = (await gw.token('dba', ['dba'])).token;
+});
+
+after(async () => {
+  await gw?.close();
+  await db?.drop();
+});
+
+const customers = async () => Number((await db.query('SELECT count(*)::int AS n FROM customers')).rows[0].n);
+const tableExists = async (t: string) => (await db.query('SELECT to_regclass($1) AS r', [t])).rows[0].r !== null;
+const pgClient = (token: string) => new pg.Client({ host: '127.0.0.1', port: gw.port, database: 'analytics', user: 'driver', password: token });
+
+test('psql: ci-runner can SELECT', async () => {
+  const r = await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'SELECT name FROM customers ORDER BY id');
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(r.stdout.trim().split('\n'), ['Ada', 'Grace', 'Alan']);
+});
+
+test('psql: DROP TABLE is refused with 42501 and the table is still there', async () => {
+  const r = await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'DROP TABLE customers', ['-v', 'VERBOSITY=verbose']);
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /42501/);
+  assert.match(r.stderr, /DDL is not allowed from CI/);
+  assert.match(r.stderr, /ci-read/);
+  assert.ok(await tableExists('customers'));
+});
+
+test('psql: writes by ci are refused by default deny; the rows stay', async () => {
+  const before = await customers();
+  for (const sql of ['DELETE FROM customers WHERE id = 1', 'delete/**/from customers', 'WITH d AS (DELETE FROM customers RETURNING *) SELECT * FROM d',
+    'SELECT 1; DELETE FROM customers', 'UPDATE customers SET name = \'x\' WHERE id = 1', "SELECT set_config('role', 'postgres', false)"]) {
+    const r = await psql(gw.conninfo('analytics', 'ci-runner'), ci, sql);
+    assert.notEqual(r.code, 0, `should be refused: ${sql}`);
+    assert.match(r.stderr, /airlock:/, sql);
+  }
+  assert.equal(await customers(), before);
+  assert.equal((await db.query("SELECT name FROM customers WHERE id = 1")).rows[0].name, 'Ada');
+});
+
+test('psql: dba can write; UPDATE without WHERE is refused', async () => {
+  let r = await psql(gw.conninfo('analytics', 'dba'), dba, "INSERT INTO audit_probe VALUES (41)");
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal((await db.query('SELECT count(*)::int AS n FROM audit_probe WHERE id = 41')).rows[0].n, 1);
+  r = await psql(gw.conninfo('analytics', 'dba'), dba, "UPDATE customers SET name = 'nobody'");
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /UPDATE and DELETE need a WHERE clause/);
+  assert.equal((await db.query("SELECT count(*)::int AS n FROM customers WHERE name = 'nobody'")).rows[0].n, 0);
+});
+
+test('a refusal inside a transaction aborts it, as PostgreSQL would', async () => {
+  const r = await run('psql', ['-X', '-At', gw.conninfo('analytics', 'dba')], {
+    env: { PGPASSWORD: dba },
+    input: "BEGIN;\nINSERT INTO audit_probe VALUES (77);\nDELETE FROM orders;\nCOMMIT;\n",
+  });
+  assert.match(r.stderr, /UPDATE and DELETE need a WHERE clause/);
+  assert.match(r.stdout + r.stderr, /ROLLBACK/);
+  assert.equal((await db.query('SELECT count(*)::int AS n FROM audit_probe WHERE id = 77')).rows[0].n, 0);
+  assert.equal((await db.query('SELECT count(*)::int AS n FROM orders')).rows[0].n, 30);
+});
+
+test('pg driver: extended protocol with parameters, prepared statements, refusals keep the session usable', async () => {
+  const c = pgClient(ci);
+  await c.connect();
+  try {
+    const r1 = await c.query('SELECT name FROM customers WHERE id = $1', [2]);
+    assert.equal(r1.rows[0].name, 'Grace');
+    const named = { name: 'by-id', text: 'SELECT email FROM customers WHERE id = $1' };
+    assert.equal((await c.query({ ...named, values: [1] })).rows[0].email, 'ada@example.com');
+    assert.equal((await c.query({ ...named, values: [3] })).rows[0].email, 'alan@example.org');
+    await assert.rejects(c.query('DELETE FROM customers WHERE id = $1', [1]), (e: { code?: string; message: string }) => {
+      assert.equal(e.code, '42501');
+      assert.match(e.message, /^airlock: /);
+      return true;
+    });
+    await assert.rejects(c.query({ name: 'evil', text: 'DROP TABLE orders' }), { code: '42501' });
+    // The session still works after refusals.
+    assert.equal((await c.query('SELECT count(*)::int AS n FROM orders')).rows[0].n, 30);
+  } finally {
+    await c.end();
+  }
+  assert.equal(await customers(), 3);
+  assert.ok(await tableExists('orders'));
+});
+
+test('COPY both ways: ci copies out, dba copies in, ci cannot copy in', async () => {
+  const out = await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'COPY (SELECT id, name FROM customers ORDER BY id) TO STDOUT');
+  assert.equal(out.code, 0, out.stderr);
+  assert.equal(out.stdout, '1\tAda\n2\tGrace\n3\tAlan\n');
+  const inDba = await run('psql', ['-X', '-v', 'ON_ERROR_STOP=1', '-c', 'COPY audit_probe FROM STDIN', gw.conninfo('analytics', 'dba')],
+    { env: { PGPASSWORD: dba }, input: '501\n502\n503\n' });
+  assert.equal(inDba.code, 0, inDba.stderr);
+  assert.equal((await db.query('SELECT count(*)::int AS n FROM audit_probe WHERE id > 500')).rows[0].n, 3);
+  const inCi = await run('psql', ['-X', '-v', 'ON_ERROR_STOP=1', '-c', 'COPY audit_probe FROM STDIN', gw.conninfo('analytics', 'ci-runner')],
+    { env: { PGPASSWORD: ci }, input: '601\n' });
+  assert.notEqual(inCi.code, 0);
+  assert.equal((await db.query('SELECT count(*)::int AS n FROM audit_probe WHERE id = 601')).rows[0].n, 0);
+});
+
+test('cancel: psql Ctrl-C cancels a running statement on the target', async () => {
+  const { spawn } = await import('node:child_process');
+  const started = Date.now();
+  const child = spawn('psql', ['-X', '-c', 'SELECT pg_sleep(30)', gw.conninfo('analytics', 'dba')], { env: { ...process.env, PGPASSWORD: dba } });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  // Wait until the statement is running on the target, then interrupt psql (it sends a CancelRequest).
+  for (let i = 0; i < 100; i++) {
+    const r = await db.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'");
+    if (r.rows[0].n > 0) break;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  child.kill('SIGINT');
+  const code = await new Promise((res) => child.on('close', res));
+  assert.notEqual(code, 0);
+  assert.match(stderr, /canceling statement due to user request/);
+  assert.ok(Date.now() - started < 15_000);
+});
+
+test('pgbench through the gateway: simple and prepared, no failures', async () => {
+  const init = await run('pgbench', ['-i', '-s', '1', '-q', db.url.replace('?sslmode=disable', '')]);
+  assert.equal(init.code, 0, init.stderr);
+  await gw.gw.store.flush();
+  for (const mode of ['simple', 'prepared']) {
+    const r = await run('pgbench', ['-n', '-S', '-M', mode, '-c', '4', '-j', '2', '-t', '200', gw.conninfo('analytics', 'ci-runner')], { env: { PGPASSWORD: ci } });
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.match(r.stdout, /number of transactions actually processed: 800\/800/);
+    assert.match(r.stdout, /number of failed transactions: 0/);
+  }
+});
+
+test('revoking a token ends its open session at the next statement', async () => {
+  const t = await gw.token('short-lived', ['ci']);
+  const c = pgClient(t.token);
+  await c.connect();
+  c.on('error', () => {});
+  assert.equal((await c.query('SELECT 1 AS one')).rows[0].one, 1);
+  assert.equal(await gw.gw.store.revokeToken(t.id), true);
+  await assert.rejects(c.query('SELECT 1'), /revoked or has expired/);
+  await c.end().catch(() => {});
+  const again = pgClient(t.token);
+  await assert.rejects(again.connect(), /authentication failed: .*revoked/);
+});
+
+test('TLS: psql with sslmode=verify-ca against the generated certificate', async () => {
+  const r = await psql(gw.conninfo('analytics', 'ci-runner', `sslmode=verify-ca sslrootcert=${gw.gw.tls.certFile}`), ci,
+    'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()');
+  // The target connection is local without TLS; what matters is that the client side negotiated TLS.
+  assert.equal(r.code, 0, r.stderr);
+  const info = await psql(gw.conninfo('analytics', 'ci-runner', `sslmode=require`), ci, 'SELECT 1');
+  assert.equal(info.code, 0, info.stderr);
+});
+
+test('bad credentials are refused cleanly and audited', async () => {
+  const expired = await gw.gw.store.createToken({ subject: 'old', groups: ['ci'], ttlMs: 1 });
+  await new Promise((r) => setTimeout(r, 5));
+  for (const [password, pattern] of [
+    ['not-a-token', /authentication failed/],
+    ['alk_aaaaaaaaaaaa_' + 'A'.repeat(43), /authentication failed/],
+    [expired.token, /authentication failed: .*expired/],
+  ] as const) {
+    const r = await psql(gw.conninfo('analytics', 'ci-runner'), password, 'SELECT 1');
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, pattern);
+  }
+  const unknownDb = await psql(gw.conninfo('nosuchdb', 'ci-runner'), ci, 'SELECT 1');
+  assert.match(unknownDb.stderr, /not declared/);
+  const failures = await gw.gw.store.listAudit({ type: 'auth.failure', limit: 100 });
+  assert.ok(failures.length >= 3);
+  assert.ok(failures.every((e) => !JSON.stringify(e).includes(expired.token)));
+});
+
+async function rawExchange(bytes: Buffer, waitMs = 1500): Promise<Buffer> {
+  return new Promise((resolve) => {
+    const s = net.connect(gw.port, '127.0.0.1');
+    const got: Buffer[] = [];
+    s.on('data', (d) => got.push(d));
+    s.on('error', () => {});
+    s.on('close', () => resolve(Buffer.concat(got)));
+    s.write(bytes);
+    setTimeout(() => s.destroy(), waitMs);
+  });
+}
+
+test('garbage, truncated and oversized messages get a clean error; the gateway keeps serving', async () => {
+  const garbage = await rawExchange(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+  assert.equal(String.fromCharCode(garbage[0]), 'E');
+  const huge = Buffer.alloc(8);
+  huge.writeInt32BE(1 << 30);
+  huge.writeInt32BE(196608, 4);
+  const tooBig = await rawExchange(huge);
+  assert.equal(String.fromCharCode(tooBig[0]), 'E');
+  assert.match(tooBig.toString('latin1'), /exceeds the limit/);
+  const truncated = await rawExchange(Buffer.from([0, 0, 0, 40, 0, 3, 0, 0]), 300); // promises 40 bytes, sends 8, then closes
+  assert.equal(truncated.length, 0);
+  const r = await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'SELECT 42');
+  assert.equal(r.stdout.trim(), '42');
+  await gw.gw.store.flush();
+  const errors = await gw.gw.store.listAudit({ type: 'protocol.error', limit: 20 });
+  assert.ok(errors.some((e) => /exceeds the limit/.test(e.error ?? '')));
+});
+
+test('the audit log has every statement with its decision, policy and bundle version', async () => {
+  await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'SELECT count(*) FROM orders');
+  await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'DROP TABLE customers');
+  await gw.gw.store.flush();
+  const events = await gw.gw.store.listAudit({ type: 'statement', subject: 'ci-runner', limit: 500 });
+  const select = events.findLast((e) => e.statement === 'SELECT count(*) FROM orders');
+  const drop = events.findLast((e) => e.statement === 'DROP TABLE customers');
+  assert.ok(select && drop);
+  assert.equal(select.decision, 'allow');
+  assert.equal(select.policy, 'ci-read');
+  assert.equal(select.rows, 1);
+  assert.equal(typeof select.durationMs, 'number');
+  assert.equal(drop.decision, 'deny');
+  assert.equal(drop.policy, 'ci-read');
+  assert.match(drop.reason ?? '', /DDL is not allowed/);
+  assert.equal(drop.bundleVersion, gw.gw.policies.current.version);
+  const sessions = await gw.gw.store.listAudit({ type: 'session.start', subject: 'ci-runner', limit: 500 });
+  assert.ok(sessions.length > 0);
+});
+
+test('policy hot reload: a new rule applies to the next statement; a broken file keeps the last good bundle', async () => {
+  const oldVersion = gw.gw.policies.current.version;
+  gw.writePolicy('extra.yaml', `
+policies:
+  - name: ci-no-orders
+    subjects: [{ group: ci }]
+    connections: [analytics]
+    deny:
+      - sql: [select]
+        tables: [orders]
+        message: orders are off limits today
+`);
+  gw.gw.reloadPolicies();
+  assert.notEqual(gw.gw.policies.current.version, oldVersion);
+  const r = await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'SELECT count(*) FROM orders');
+  assert.match(r.stderr, /orders are off limits today/);
+  gw.writePolicy('extra.yaml', 'policies:\n  - name: broken\n    allow: [ { sql: [selec] } ]\n');
+  gw.gw.reloadPolicies();
+  const still = await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'SELECT count(*) FROM orders');
+  assert.match(still.stderr, /orders are off limits today/);
+  gw.writePolicy('extra.yaml', '# nothing\n');
+  gw.gw.reloadPolicies();
+  const ok = await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'SELECT count(*) FROM orders');
+  assert.equal(ok.stdout.trim(), '30');
+});
