@@ -46,7 +46,7 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
 
   const store = await openStore({ type: 'embedded', path: config.storePath });
   const audit = (e: AuditEvent) => store.appendAudit(e);
-  const servers: net.Server[] = [];
+  const closers: (() => Promise<void>)[] = [];
   let api: FastifyInstance | undefined;
   try {
     await initClassifier();
@@ -97,8 +97,8 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
       log,
       tls: { cert: tls.cert, key: tls.key },
     });
-    servers.push(pg);
-    const pgAddr = await listen(pg, config.listeners.postgres);
+    closers.push(() => pg.close());
+    const pgAddr = await listen(pg.server, config.listeners.postgres);
 
     api = Fastify({ logger: false });
     api.get('/healthz', async () => ({ ok: true }));
@@ -122,14 +122,14 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
         if (closed) return;
         closed = true;
         policies.close();
-        for (const s of servers) s.close();
+        for (const close of closers) await close();
         await api?.close();
         await store.close();
       },
     };
   } catch (err) {
     policies.close();
-    for (const s of servers) s.close();
+    for (const close of closers) await close();
     await api?.close();
     await store.close();
     throw err;

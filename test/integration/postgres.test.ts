@@ -7,6 +7,7 @@ import pg from 'pg';
 import { createTestDb, type TestDb } from '../helpers/pgdb.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { psql, run } from '../helpers/clients.ts';
+import { FrameReader, decodeErrorFields, encode } from '../../src/protocols/postgres/codec.ts';
 
 const POLICIES = {
   'connections.yaml': `connections:\n  - name: analytics\n    type: postgres\n    tags: { env: test }\n`,
@@ -30,6 +31,11 @@ policies:
       - sql: [update, delete]
         without_where: true
         message: UPDATE and DELETE need a WHERE clause
+  - name: tuner
+    subjects: [{ group: tuner }]
+    connections: [analytics]
+    allow:
+      - sql: [select, set]
 `,
 };
 
@@ -287,3 +293,73 @@ policies:
   const ok = await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'SELECT count(*) FROM orders');
   assert.equal(ok.stdout.trim(), '30');
 });
+
+test('encodings and string syntax that could hide statements from the classifier end the session', async () => {
+  const tuner = (await gw.token('tuner', ['tuner'])).token;
+  // Refused at startup: a client-only encoding where a multi-byte character can end in a backslash.
+  const sjis = await run('psql', ['-X', '-At', '-c', 'SELECT 1', gw.conninfo('analytics', 'tuner')], { env: { PGPASSWORD: tuner, PGCLIENTENCODING: 'SJIS' } });
+  assert.notEqual(sjis.code, 0);
+  assert.match(sjis.stderr, /client_encoding SJIS is not supported/);
+  // Allowed by policy (kind set), but the session is ended once the target reports the change.
+  for (const sql of ["SET client_encoding = 'SJIS'", 'SET standard_conforming_strings = off']) {
+    const r = await run('psql', ['-X', '-At', gw.conninfo('analytics', 'tuner')], { env: { PGPASSWORD: tuner }, input: `${sql};\nSELECT 'still here';\n` });
+    assert.doesNotMatch(r.stdout, /still here/, sql);
+    assert.match(r.stderr, /not supported through Airlock|must stay on/, sql);
+  }
+  // The guard is not in the way of harmless settings.
+  const ok = await psql(gw.conninfo('analytics', 'tuner'), tuner, "SET application_name = 'x'; SELECT current_setting('application_name')");
+  assert.equal(ok.stdout.trim().split('\n').at(-1), 'x');
+});
+
+test('pipelined extended protocol: a statement right after a session-state change in the same batch is refused', async () => {
+  const tuner = (await gw.token('tuner2', ['tuner'])).token;
+  const session = await rawSession(tuner, 'tuner');
+  try {
+    // One write: SET search_path (kind set, not baseline) then a SELECT, with no Sync in between.
+    const batch = Buffer.concat([
+      encode.parse('', 'SET search_path = public'), encode.bind('', ''), encode.execute(''),
+      encode.parse('', 'SELECT 2'), encode.bind('', ''), encode.execute(''), encode.sync(),
+    ]);
+    const reply = await session.exchange(batch);
+    assert.deepEqual(reply.map((m) => m.type), ['1', '2', 'C', 'E', 'Z']);
+    assert.match(reply[3].text, /42501/);
+    assert.match(reply[3].text, /must be followed by Sync/);
+    // With a Sync in between, both run.
+    const ok = await session.exchange(Buffer.concat([
+      encode.parse('', 'SET search_path = public'), encode.bind('', ''), encode.execute(''), encode.sync(),
+      encode.parse('', 'SELECT 2'), encode.bind('', ''), encode.execute(''), encode.sync(),
+    ]), 2);
+    assert.deepEqual(ok.map((m) => m.type), ['1', '2', 'C', 'Z', '1', '2', 'D', 'C', 'Z']);
+  } finally {
+    session.close();
+  }
+});
+
+/** A minimal protocol-level client for tests that need exact control over message batching. */
+async function rawSession(token: string, user: string) {
+  const sock = net.connect(gw.port, '127.0.0.1');
+  const reader = new FrameReader({ typed: true });
+  const waiters: (() => void)[] = [];
+  sock.on('data', (d) => { reader.push(d); waiters.splice(0).forEach((w) => w()); });
+  const readUntilReady = async (count = 1) => {
+    const msgs: { type: string; text: string }[] = [];
+    let seen = 0;
+    for (;;) {
+      for (let f = reader.next(); f; f = reader.next()) {
+        msgs.push({ type: f.type, text: f.type === 'E' ? Object.values(decodeErrorFields(f.body)).join(' ') : '' });
+        if (f.type === 'Z' && ++seen === count) return msgs;
+      }
+      await new Promise<void>((r) => waiters.push(r));
+    }
+  };
+  await new Promise((r) => sock.once('connect', r));
+  sock.write(encode.startup({ user, database: 'analytics' }));
+  await new Promise((r) => setTimeout(r, 50));
+  sock.write(encode.password(token));
+  const hello = await readUntilReady();
+  assert.ok(!hello.some((m) => m.type === 'E'), JSON.stringify(hello));
+  return {
+    exchange: (bytes: Buffer, readies = 1) => { sock.write(bytes); return readUntilReady(readies); },
+    close: () => sock.end(encode.terminate()),
+  };
+}

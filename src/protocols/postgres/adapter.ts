@@ -13,7 +13,7 @@ import { randomBytes, randomInt } from 'node:crypto';
 import type { AuditEvent, ConnectionInfo, Decision, Identity, Request, SqlRequestInfo } from '../../core/types.ts';
 import {
   FrameReader, ProtocolError, decodeBackendKey, decodeBind, decodeCommandTag, decodeErrorFields,
-  decodeExecute, decodeParse, decodeQuery, decodeReadyStatus, decodeStartup, decodeTarget, encode,
+  decodeExecute, decodeParameterStatus, decodeParse, decodeQuery, decodeReadyStatus, decodeStartup, decodeTarget, encode,
   errorFields, rowsFromTag, type ErrorFields, type Frame,
 } from './codec.ts';
 import type { TargetConnection } from './target.ts';
@@ -52,12 +52,29 @@ interface PendingStatement {
 /** Session registry keyed by the BackendKeyData the gateway handed out, for CancelRequest routing. */
 const sessionsByKey = new Map<string, PgSession>();
 
-export function createPgServer(deps: PgAdapterDeps): net.Server {
+export interface PgServer {
+  server: net.Server;
+  /** Stops accepting, ends every open session with FATAL 57P01, and waits for them to be recorded. */
+  close(): Promise<void>;
+}
+
+export function createPgServer(deps: PgAdapterDeps): PgServer {
   const secureContext = deps.tls ? tls.createSecureContext(deps.tls) : undefined;
-  return net.createServer((socket) => {
+  const open = new Set<PgSession>();
+  const server = net.createServer((socket) => {
     socket.setNoDelay(true);
-    new PgSession(socket, deps, secureContext).start();
+    const session = new PgSession(socket, deps, secureContext, () => open.delete(session));
+    open.add(session);
+    session.start();
   });
+  return {
+    server,
+    async close() {
+      server.close();
+      for (const s of open) s.shutdown();
+      open.clear();
+    },
+  };
 }
 
 const isLoopback = (addr: string | undefined) =>
@@ -87,11 +104,15 @@ class PgSession {
   private readonly marker = `airlock_refused_${randomBytes(4).toString('hex')}_`;
   private refusalSeq = 0;
   private txnStatus = 'I';
+  /** Set after a statement that may change how later statements are parsed (see holdAfter). */
+  private barrier: 'none' | 'until-sync' | 'until-ready' = 'none';
+  private barrierReleased?: () => void;
   private counts = { statements: 0, denied: 0 };
   private readonly startedAt = Date.now();
   private startupTimer?: NodeJS.Timeout;
 
-  constructor(socket: net.Socket, private readonly deps: PgAdapterDeps, private readonly secureContext?: tls.SecureContext) {
+  constructor(socket: net.Socket, private readonly deps: PgAdapterDeps, private readonly secureContext: tls.SecureContext | undefined,
+    private readonly onClosed: () => void) {
     this.client = socket;
     this.source = (socket.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
     this.clientReader = new FrameReader({ typed: false, maxMessage: deps.maxMessageBytes });
@@ -165,6 +186,9 @@ class PgSession {
     if (pkt.params.replication && pkt.params.replication !== 'false') {
       return this.refuseConnection('28000', 'replication connections are not supported through Airlock');
     }
+    if (pkt.params.client_encoding && !isSafeClientEncoding(pkt.params.client_encoding)) {
+      return this.refuseConnection('22023', `client_encoding ${pkt.params.client_encoding} is not supported through Airlock (use UTF8)`);
+    }
     const database = pkt.params.database ?? pkt.params.user ?? '';
     this.connection = this.deps.connection(database);
     this.clientReader.typed = true;
@@ -235,6 +259,18 @@ class PgSession {
   }
 
   private async onClientMessage(frame: Frame): Promise<void> {
+    if (STATEMENT_MESSAGES.has(frame.type) && this.barrier !== 'none') {
+      if (this.barrier === 'until-sync') {
+        // The target may already parse this message under changed settings: it cannot be judged.
+        const verdict: Decision = { action: 'deny', bundleVersion: this.deps.policyVersion(), masks: [],
+          reason: 'a statement that changes session settings must be followed by Sync before the next statement' };
+        this.recordStatement('<statement after a session-state change>', undefined, verdict);
+        this.toTarget(encode.execute(this.poison(verdict)));
+        return;
+      }
+      await new Promise<void>((resolve) => (this.barrierReleased = resolve));
+      if (this.phase !== 'ready') return;
+    }
     switch (frame.type) {
       case 'Q': {
         const text = decodeQuery(frame.body);
@@ -242,6 +278,7 @@ class PgSession {
         if (!decision) return;
         if (decision.verdict.action === 'allow') {
           this.inflight.push({ kind: 'query', event: decision.event, started: performance.now() });
+          if (changesSessionState(decision.info)) this.barrier = 'until-ready';
           this.toTarget(frame.raw);
         } else {
           this.inflight.push({ kind: 'query' });
@@ -285,6 +322,7 @@ class PgSession {
         if (!decision) return;
         if (decision.verdict.action === 'allow') {
           this.inflight.push({ kind: 'execute', event: decision.event, started: performance.now() });
+          if (changesSessionState(decision.info)) this.barrier = 'until-sync';
           this.toTarget(frame.raw);
         } else {
           this.toTarget(encode.execute(this.poison(decision.verdict, decision.info)));
@@ -299,6 +337,7 @@ class PgSession {
         return;
       }
       case 'S':
+        if (this.barrier === 'until-sync') this.barrier = 'until-ready';
         this.inflight.push({ kind: 'sync' });
         this.toTarget(frame.raw);
         return;
@@ -367,6 +406,10 @@ class PgSession {
     try {
       while ((frame = this.targetReader.next())) out.push(this.onTargetMessage(frame));
     } catch (err) {
+      if (err instanceof SessionGuardError) {
+        this.deps.audit({ ...this.eventBase('protocol.error'), error: err.message, detail: { phase: 'session-guard' } });
+        return this.fatal('22023', `airlock: ${err.message}`);
+      }
       this.deps.log.warn({ err, session: this.id }, 'target sent an invalid message');
       return this.fatal('08P01', 'airlock: the target sent an invalid message');
     }
@@ -414,7 +457,20 @@ class PgSession {
           this.finish();
           if (done !== 'execute') break;
         }
+        if (this.inflight.length === 0 && this.barrier === 'until-ready') this.releaseBarrier();
         return frame.raw;
+      case 'S': {
+        // Statements are classified as UTF-8 text with standard_conforming_strings on; a session
+        // that leaves either could smuggle statements past the classifier, so it is ended.
+        const { name, value } = decodeParameterStatus(frame.body);
+        if (name === 'client_encoding' && !isSafeClientEncoding(value)) {
+          throw new SessionGuardError(`client_encoding ${value} is not supported through Airlock (use UTF8)`);
+        }
+        if (name === 'standard_conforming_strings' && value !== 'on') {
+          throw new SessionGuardError('standard_conforming_strings must stay on through Airlock');
+        }
+        return frame.raw;
+      }
       default:
         return frame.raw;
     }
@@ -487,10 +543,23 @@ class PgSession {
     this.fatal('08006', 'airlock: the connection to the target was lost');
   }
 
+  shutdown(): void {
+    this.fatal('57P01', 'airlock: the gateway is shutting down');
+  }
+
+  private releaseBarrier(): void {
+    this.barrier = 'none';
+    const release = this.barrierReleased;
+    this.barrierReleased = undefined;
+    release?.();
+  }
+
   private close(): void {
     if (this.phase === 'closed') return;
     const wasReady = this.phase === 'ready';
     this.phase = 'closed';
+    this.onClosed();
+    this.releaseBarrier();
     clearTimeout(this.startupTimer);
     if (this.gatewayKey) sessionsByKey.delete(this.gatewayKey);
     while (this.inflight.length) this.finish();
@@ -502,6 +571,34 @@ class PgSession {
     // Give a pending FATAL message time to leave before the socket goes.
     if (!this.client.destroyed) setTimeout(() => this.client.destroy(), 1000).unref();
   }
+}
+
+const STATEMENT_MESSAGES = new Set(['Q', 'P', 'E', 'F']);
+
+class SessionGuardError extends Error {}
+
+/**
+ * Client-only encodings in which a multi-byte character may end in a backslash or quote byte:
+ * the server would split statements differently from the UTF-8 text the classifier saw.
+ */
+const UNSAFE_ENCODINGS = new Set(['SJIS', 'SHIFTJIS', 'SHIFTJIS2004', 'MSKANJI', 'WIN932', 'CP932', 'WINDOWS932',
+  'BIG5', 'WIN950', 'CP950', 'WINDOWS950', 'GBK', 'WIN936', 'CP936', 'WINDOWS936', 'UHC', 'WIN949', 'CP949',
+  'WINDOWS949', 'GB18030', 'JOHAB']);
+
+export function isSafeClientEncoding(name: string): boolean {
+  return !UNSAFE_ENCODINGS.has(name.toUpperCase().replace(/[-_\s]/g, ''));
+}
+
+/**
+ * Statements after which the gateway waits for the target's ReadyForQuery before judging the next
+ * statement, because they may change session settings that affect parsing (client_encoding,
+ * standard_conforming_strings): non-baseline SET, DO, CALL, set_config() and functions whose
+ * effects are unknown.
+ */
+function changesSessionState(info: SqlRequestInfo): boolean {
+  return info.statements.some((st) =>
+    (!st.baseline && (st.kind === 'set' || st.kind === 'do' || st.kind === 'call')) ||
+    st.operations.some((op) => op.type === 'function' && (op.effect === 'unknown' || op.name.replace(/^pg_catalog\./, '') === 'set_config')));
 }
 
 /** The client-facing ErrorResponse for a refused statement. */
