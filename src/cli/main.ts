@@ -1,6 +1,9 @@
 // The `airlock` command line. Wiring only: each command calls into the library.
-import { Command, InvalidArgumentError } from 'commander';
-import { ConfigError, loadConfig } from '../config/config.ts';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import YAML from 'yaml';
+import { buildConfig, ConfigError, loadConfig, type AirlockConfig } from '../config/config.ts';
 import { startGateway, PolicyInvalidError, VERSION } from '../gateway/gateway.ts';
 import { LocalAgent } from '../agent/agent.ts';
 import { loadPolicyDir, formatProblems } from '../policy/loader.ts';
@@ -23,10 +26,17 @@ program
   .option(...configOption)
   .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
-    const gw = await startGateway(config, new LocalAgent(config.connections));
+    const gw = await startGateway(config, new LocalAgent(config.connections)).catch((err: unknown) => {
+      // Name the folder: problem paths are relative to it.
+      if (err instanceof PolicyInvalidError) {
+        throw new Error(`the policy folder ${config.policiesDir} is invalid:\n${formatProblems(err.problems, config.policiesDir)}`);
+      }
+      throw err;
+    });
     printBanner(gw.addresses, gw.tls, gw.policies.current.version, config.connections.map((c) => c.name));
     process.on('SIGHUP', () => gw.reloadPolicies());
-    await waitForStop();
+    const signal = await waitForStop();
+    console.log(`stopping (${signal})`);
     await gw.close();
   });
 
@@ -52,7 +62,13 @@ token
   .option('--json', 'print JSON')
   .option(...configOption)
   .action(async (opts: { subject: string; groups: string; ttl: string; description?: string; json?: boolean; config: string }) => {
-    const ttlMs = parseDuration(opts.ttl);
+    let ttlMs: number;
+    try {
+      ttlMs = parseDuration(opts.ttl);
+    } catch (err) {
+      throw new InvalidArgumentError(`--ttl: ${(err as Error).message}`);
+    }
+    if (Number.isNaN(new Date(Date.now() + ttlMs).getTime())) throw new InvalidArgumentError(`--ttl: duration "${opts.ttl}" is too long`);
     const groups = opts.groups.split(',').map((g) => g.trim()).filter(Boolean);
     await withStore(opts.config, async (store) => {
       const { token: tok, record } = await store.createToken({ subject: opts.subject, groups, ttlMs, description: opts.description });
@@ -76,7 +92,7 @@ token
       const rows = await store.listTokens({ includeRevoked: !!opts.all, includeExpired: !!opts.all });
       if (opts.json) return console.log(JSON.stringify(rows, null, 2));
       console.log(formatTable(rows.map((r) => ({
-        id: r.id, subject: r.subject, groups: r.groups.join(','), expires: r.expiresAt,
+        id: r.id, subject: r.subject, groups: r.groups.join(','), created: r.createdAt, expires: r.expiresAt,
         status: r.revokedAt ? 'revoked' : Date.parse(r.expiresAt) <= Date.now() ? 'expired' : 'active',
         description: r.description ?? '',
       }))));
@@ -107,7 +123,7 @@ policy
   .action((dir: string) => {
     const result = loadPolicyDir(dir);
     if (result.problems.length) {
-      console.error(formatProblems(result.problems));
+      console.error(formatProblems(result.problems, dir));
       console.error(`${result.problems.length} problem(s) in ${dir}`);
       process.exitCode = 1;
       return;
@@ -124,7 +140,7 @@ audit
   .option('--type <type>', 'only this event type (statement, session.start, auth.failure, ...)')
   .option('--subject <subject>', 'only this identity')
   .option('--connection <name>', 'only this connection')
-  .option('--decision <decision>', 'allow, deny or review')
+  .addOption(new Option('--decision <decision>', 'only this decision').choices(['allow', 'deny', 'review']))
   .option('--session <id>', 'only this session')
   .option('--json', 'print JSON lines')
   .option(...configOption)
@@ -154,8 +170,32 @@ const oneLine = (s: string, max = 80) => {
   return t.length > max ? `${t.slice(0, max - 1)}…` : t;
 };
 
+/**
+ * The config as far as the store needs it. Token and audit commands ignore `agent:`, so the
+ * agent's connection secrets (`${VAR}`, `file:`) need not be available where they run.
+ */
+function loadStoreConfig(configFile: string): AirlockConfig {
+  const file = path.resolve(configFile);
+  let raw: unknown;
+  try {
+    raw = YAML.parse(fs.readFileSync(file, 'utf8'));
+  } catch {
+    return loadConfig(configFile, { optional: configFile === 'airlock.yaml' }); // reports it as `up` does
+  }
+  if (raw && typeof raw === 'object' && !Array.isArray(raw)) {
+    const { agent: _agent, ...rest } = raw as Record<string, unknown>;
+    raw = rest;
+  }
+  try {
+    return buildConfig(raw, path.dirname(file));
+  } catch (e) {
+    if (e instanceof ConfigError) throw new ConfigError(`${file}: ${e.message}`);
+    throw e;
+  }
+}
+
 async function withStore<T>(configFile: string, fn: (store: Awaited<ReturnType<typeof openStore>>) => Promise<T>): Promise<T> {
-  const config = loadConfig(configFile, { optional: configFile === 'airlock.yaml' });
+  const config = loadStoreConfig(configFile);
   const store = await openStore({ type: 'embedded', path: config.storePath });
   try {
     return await fn(store);

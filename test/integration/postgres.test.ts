@@ -7,7 +7,7 @@ import pg from 'pg';
 import { createTestDb, type TestDb } from '../helpers/pgdb.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { psql, run } from '../helpers/clients.ts';
-import { FrameReader, decodeErrorFields, encode } from '../../src/protocols/postgres/codec.ts';
+import { FrameReader, decodeErrorFields, encode, message } from '../../src/protocols/postgres/codec.ts';
 
 const POLICIES = {
   'connections.yaml': `connections:\n  - name: analytics\n    type: postgres\n    tags: { env: test }\n`,
@@ -330,6 +330,25 @@ test('pipelined extended protocol: a statement right after a session-state chang
       encode.parse('', 'SELECT 2'), encode.bind('', ''), encode.execute(''), encode.sync(),
     ]), 2);
     assert.deepEqual(ok.map((m) => m.type), ['1', '2', 'C', 'Z', '1', '2', 'D', 'C', 'Z']);
+  } finally {
+    session.close();
+  }
+});
+
+test('a fast-path FunctionCall is refused with its own ReadyForQuery; the session stays usable', async () => {
+  const session = await rawSession(dba, 'dba');
+  try {
+    // FunctionCall for pg_terminate_backend's OID (2096) with one int4 argument: never judged, always refused.
+    const arg = Buffer.alloc(4);
+    arg.writeInt32BE(1);
+    const oid = Buffer.alloc(4);
+    oid.writeInt32BE(2096);
+    const fcall = message('F', oid, [0, 0], [0, 1], [0, 0, 0, 4], arg, [0, 0]);
+    const reply = await session.exchange(fcall);
+    assert.deepEqual(reply.map((m) => m.type), ['E', 'Z']);
+    assert.match(reply[0].text, /42501.*fast-path function calls are not allowed/);
+    const after = await session.exchange(encode.query('SELECT 1'));
+    assert.deepEqual(after.map((m) => m.type), ['T', 'D', 'C', 'Z']);
   } finally {
     session.close();
   }

@@ -262,11 +262,8 @@ class PgSession {
     if (STATEMENT_MESSAGES.has(frame.type) && this.barrier !== 'none') {
       if (this.barrier === 'until-sync') {
         // The target may already parse this message under changed settings: it cannot be judged.
-        const verdict: Decision = { action: 'deny', bundleVersion: this.deps.policyVersion(), masks: [],
-          reason: 'a statement that changes session settings must be followed by Sync before the next statement' };
-        this.recordStatement('<statement after a session-state change>', undefined, verdict);
-        this.toTarget(encode.execute(this.poison(verdict)));
-        return;
+        return this.refuseUnjudged(frame.type, '<statement after a session-state change>',
+          'a statement that changes session settings must be followed by Sync before the next statement');
       }
       await new Promise<void>((resolve) => (this.barrierReleased = resolve));
       if (this.phase !== 'ready') return;
@@ -281,8 +278,7 @@ class PgSession {
           if (changesSessionState(decision.info)) this.barrier = 'until-ready';
           this.toTarget(frame.raw);
         } else {
-          this.inflight.push({ kind: 'query' });
-          this.toTarget(encode.query(this.poison(decision.verdict, decision.info)));
+          this.refuse(frame.type, decision.verdict, decision.info);
         }
         return;
       }
@@ -295,7 +291,7 @@ class PgSession {
           this.toTarget(frame.raw);
         } else {
           this.statements.delete(parse.name);
-          this.toTarget(encode.execute(this.poison(decision.verdict, decision.info)));
+          this.refuse(frame.type, decision.verdict, decision.info);
         }
         return;
       }
@@ -313,10 +309,8 @@ class PgSession {
         if (text === undefined) {
           // A portal the gateway did not see bound from an allowed statement (its Parse was refused,
           // or it came from elsewhere): nothing the gateway has not judged may run.
-          const verdict: Decision = { action: 'deny', reason: `portal "${exec.portal}" was not bound from a statement Airlock allowed`,
-            bundleVersion: this.deps.policyVersion(), masks: [] };
-          this.toTarget(encode.execute(this.poison(verdict)));
-          return;
+          return this.refuseUnjudged(frame.type, `<execute portal "${exec.portal}">`,
+            `portal "${exec.portal}" was not bound from a statement Airlock allowed`);
         }
         const decision = await this.check(text);
         if (!decision) return;
@@ -325,7 +319,7 @@ class PgSession {
           if (changesSessionState(decision.info)) this.barrier = 'until-sync';
           this.toTarget(frame.raw);
         } else {
-          this.toTarget(encode.execute(this.poison(decision.verdict, decision.info)));
+          this.refuse(frame.type, decision.verdict, decision.info);
         }
         return;
       }
@@ -348,14 +342,9 @@ class PgSession {
       case 'H': case 'd': case 'c': case 'f':
         this.toTarget(frame.raw);
         return;
-      case 'F': {
+      case 'F':
         // Fast-path function calls name a function by OID with no SQL to inspect: always refused.
-        const verdict: Decision = { action: 'deny', reason: 'fast-path function calls are not allowed through Airlock',
-          bundleVersion: this.deps.policyVersion(), masks: [] };
-        this.recordStatement('<fast-path function call>', undefined, verdict);
-        this.toTarget(encode.execute(this.poison(verdict)));
-        return;
-      }
+        return this.refuseUnjudged(frame.type, '<fast-path function call>', 'fast-path function calls are not allowed through Airlock');
       case 'X':
         this.target?.end(frame.raw);
         this.close();
@@ -390,11 +379,28 @@ class PgSession {
     return { connection: this.connection!, source: this.source, time: new Date(), sql };
   }
 
-  /** Registers a refusal and returns the marker the target will echo back in its error. */
-  private poison(verdict: Decision, info?: SqlRequestInfo): string {
+  /**
+   * Sends the target, in place of the refused message, one that is certain to fail with a marker
+   * the target echoes back in its error (swapped for the refusal on the way back). Messages that
+   * get their own ReadyForQuery (Query, FunctionCall) are replaced by a Query, extended-protocol
+   * messages by an Execute of a portal that does not exist.
+   */
+  private refuse(messageType: string, verdict: Decision, info?: SqlRequestInfo): void {
     const marker = `${this.marker}${++this.refusalSeq}`;
     this.refusals.set(marker, refusalFields(verdict, info));
-    return marker;
+    if (messageType === 'Q' || messageType === 'F') {
+      this.inflight.push({ kind: 'query' });
+      this.toTarget(encode.query(marker));
+    } else {
+      this.toTarget(encode.execute(marker));
+    }
+  }
+
+  /** Refuses a message no policy rule can judge; recorded like any refusal. */
+  private refuseUnjudged(messageType: string, label: string, reason: string): void {
+    const verdict: Decision = { action: 'deny', reason, bundleVersion: this.deps.policyVersion(), masks: [] };
+    this.recordStatement(label, undefined, verdict);
+    this.refuse(messageType, verdict);
   }
 
   // ---------- target -> client ----------
