@@ -21,11 +21,11 @@ export function formatTable(rows: Record<string, unknown>[]): string {
   return [line(cols.map((c) => c.toUpperCase())), ...cells.map(line)].join('\n');
 }
 
-export function printBanner(addr: { api: { host: string; port: number }; postgres: { host: string; port: number } },
+export function printBanner(addr: { api: { host: string; port: number; tls: boolean }; postgres: { host: string; port: number } },
   tls: { fingerprint: string; generated: boolean; certFile: string }, policyVersion: string, connections: string[]): void {
   console.log(`airlock ${VERSION} is up`);
   console.log(`  postgres  ${addr.postgres.host}:${addr.postgres.port}`);
-  console.log(`  api       http://${addr.api.host}:${addr.api.port}`);
+  console.log(`  api       ${addr.api.tls ? 'https' : 'http'}://${addr.api.host}:${addr.api.port}`);
   console.log(`  tls       ${tls.generated ? 'self-signed (generated) ' : ''}${tls.certFile}`);
   console.log(`            sha256 ${tls.fingerprint}`);
   console.log(`  policies  version ${policyVersion}`);

@@ -32,7 +32,7 @@ export interface Gateway {
   policies: PolicyHolder;
   tls: TlsMaterial;
   /** Bound addresses (ports resolved when the config asked for port 0). */
-  addresses: { api: HostPort; postgres: HostPort };
+  addresses: { api: HostPort & { tls: boolean }; postgres: HostPort };
   log: Logger;
   reloadPolicies(): void;
   close(): Promise<void>;
@@ -100,7 +100,9 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
     closers.push(() => pg.close());
     const pgAddr = await listen(pg.server, config.listeners.postgres);
 
-    api = Fastify({ logger: false });
+    // The API leaves the host only over TLS: plain HTTP is for loopback addresses.
+    const apiTls = !isLoopbackHost(config.listeners.api.host);
+    api = (apiTls ? Fastify({ logger: false, https: { cert: tls.cert, key: tls.key } }) : Fastify({ logger: false })) as FastifyInstance;
     api.get('/healthz', async () => ({ ok: true }));
     api.get('/api/status', async () => ({
       version: VERSION,
@@ -112,11 +114,11 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
     await api.listen({ host: config.listeners.api.host, port: config.listeners.api.port });
     const apiAddr = api.server.address() as net.AddressInfo;
 
-    log.info({ postgres: pgAddr, api: apiAddr.port, policyVersion: bundle().version }, 'gateway started');
+    log.info({ postgres: pgAddr, api: apiAddr.port, apiTls, policyVersion: bundle().version }, 'gateway started');
     let closed = false;
     return {
       config, store, policies, tls, log,
-      addresses: { api: { host: config.listeners.api.host, port: apiAddr.port }, postgres: pgAddr },
+      addresses: { api: { host: config.listeners.api.host, port: apiAddr.port, tls: apiTls }, postgres: pgAddr },
       reloadPolicies: () => policies.reload(),
       async close() {
         if (closed) return;
@@ -135,6 +137,8 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
     throw err;
   }
 }
+
+const isLoopbackHost = (host: string) => host === 'localhost' || host === '::1' || /^127\./.test(host);
 
 async function listen(server: net.Server, at: HostPort): Promise<HostPort> {
   server.listen(at.port, at.host);

@@ -70,4 +70,9 @@ test('a token for another audience, an expired token and a forged token are refu
     assert.match(r.stderr, /authentication failed/);
     assert.match(r.stderr, why);
   }
+  await gw.gw.store.flush();
+  const failures = await gw.gw.store.listAudit({ type: 'auth.failure', limit: 10 });
+  // psql retries without TLS after a failure under sslmode=prefer: each attempt is recorded.
+  for (const why of [/audience/, /expired/, /signature/]) assert.ok(failures.some((e) => why.test(e.reason ?? '')), String(why));
+  assert.ok(failures.every((e) => !JSON.stringify(e).includes(good.slice(-20))), 'no token material in the audit log');
 });

@@ -31,6 +31,14 @@ policies:
       - sql: [update, delete]
         without_where: true
         message: UPDATE and DELETE need a WHERE clause
+  - name: deployer
+    subjects: [{ group: deploy }]
+    connections: [analytics]
+    allow:
+      - sql: [select]
+    review:
+      - sql: [delete]
+        approvers: [group:dba]
   - name: tuner
     subjects: [{ group: tuner }]
     connections: [analytics]
@@ -335,6 +343,18 @@ test('pipelined extended protocol: a statement right after a session-state chang
   }
 });
 
+test('a statement that needs review is refused until approvals exist (never allowed)', async () => {
+  const deploy = (await gw.token('deploy-bot', ['deploy'])).token;
+  const r = await psql(gw.conninfo('analytics', 'deploy-bot'), deploy, 'DELETE FROM orders WHERE id = 1');
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /requires approval \(group:dba\)/);
+  assert.equal((await db.query('SELECT count(*)::int AS n FROM orders WHERE id = 1')).rows[0].n, 1);
+  await gw.gw.store.flush();
+  const [event] = await gw.gw.store.listAudit({ type: 'statement', subject: 'deploy-bot', limit: 1 });
+  assert.equal(event.decision, 'review');
+  assert.equal(event.policy, 'deployer');
+});
+
 test('a fast-path FunctionCall is refused with its own ReadyForQuery; the session stays usable', async () => {
   const session = await rawSession(dba, 'dba');
   try {
@@ -382,3 +402,12 @@ async function rawSession(token: string, user: string) {
     close: () => sock.end(encode.terminate()),
   };
 }
+
+test('the API reports health and status (no secrets)', async () => {
+  const base = `http://127.0.0.1:${gw.gw.addresses.api.port}`;
+  assert.deepEqual(await (await fetch(`${base}/healthz`)).json(), { ok: true });
+  const status = await (await fetch(`${base}/api/status`)).json() as { policyVersion: string; connections: { name: string; served: boolean }[] };
+  assert.equal(status.policyVersion, gw.gw.policies.current.version);
+  assert.deepEqual(status.connections.map((c) => [c.name, c.served]), [['analytics', true]]);
+  assert.ok(!JSON.stringify(status).includes(db.url), 'the target URL never leaves the agent');
+});

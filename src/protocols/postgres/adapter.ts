@@ -77,7 +77,7 @@ export function createPgServer(deps: PgAdapterDeps): PgServer {
   };
 }
 
-const isLoopback = (addr: string | undefined) =>
+export const isLoopback = (addr: string | undefined): boolean =>
   !!addr && (addr === '::1' || addr.startsWith('127.') || addr.startsWith('::ffff:127.'));
 
 let sessionCounter = 0;
