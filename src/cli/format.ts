@@ -1,5 +1,5 @@
 // Small helpers for the command line: durations, tables, the start-up banner, stop signals.
-import { VERSION } from '../gateway/gateway.ts';
+import { VERSION } from '../core/version.ts';
 
 /** Parses durations such as 90s, 30m, 1h, 7d, 2w (a bare number is seconds). */
 export function parseDuration(s: string): number {

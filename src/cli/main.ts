@@ -4,12 +4,12 @@ import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import YAML from 'yaml';
 import { buildConfig, ConfigError, loadConfig, type AirlockConfig } from '../config/config.ts';
-import { startGateway, PolicyInvalidError, VERSION } from '../gateway/gateway.ts';
-import { LocalAgent } from '../agent/agent.ts';
+import { VERSION } from '../core/version.ts';
 import { loadPolicyDir, formatProblems } from '../policy/loader.ts';
-import { openStore } from '../store/store.ts';
+import type { Store } from '../store/store.ts';
 import { parseDuration, formatTable, printBanner, waitForStop } from './format.ts';
-import { runDemo } from './demo.ts';
+// The gateway, the demo and the store are imported where they are used, so that `--help`,
+// `policy check` and friends start fast.
 
 const program = new Command();
 program
@@ -26,6 +26,8 @@ program
   .option(...configOption)
   .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
+    const { startGateway, PolicyInvalidError } = await import('../gateway/gateway.ts');
+    const { LocalAgent } = await import('../agent/agent.ts');
     const gw = await startGateway(config, new LocalAgent(config.connections)).catch((err: unknown) => {
       // Name the folder: problem paths are relative to it.
       if (err instanceof PolicyInvalidError) {
@@ -48,6 +50,7 @@ program
   .option('--listen <host:port>', 'PostgreSQL listener of the gateway', '127.0.0.1:15432')
   .option('--api <host:port>', 'API listener of the gateway', '127.0.0.1:8080')
   .action(async (opts: { dir: string; postgresUrl?: string; listen: string; api: string }) => {
+    const { runDemo } = await import('./demo.ts');
     await runDemo(opts);
   });
 
@@ -194,8 +197,9 @@ function loadStoreConfig(configFile: string): AirlockConfig {
   }
 }
 
-async function withStore<T>(configFile: string, fn: (store: Awaited<ReturnType<typeof openStore>>) => Promise<T>): Promise<T> {
+async function withStore<T>(configFile: string, fn: (store: Store) => Promise<T>): Promise<T> {
   const config = loadStoreConfig(configFile);
+  const { openStore } = await import('../store/store.ts');
   const store = await openStore({ type: 'embedded', path: config.storePath });
   try {
     return await fn(store);
@@ -208,11 +212,7 @@ try {
   await program.parseAsync(process.argv);
   process.exit(process.exitCode ?? 0);
 } catch (err) {
-  if (err instanceof ConfigError || err instanceof PolicyInvalidError || err instanceof InvalidArgumentError) {
-    console.error(`airlock: ${err.message}`);
-  } else {
-    console.error(`airlock: ${(err as Error).message ?? err}`);
-    if (process.env.AIRLOCK_DEBUG) console.error(err);
-  }
+  console.error(`airlock: ${(err as Error).message ?? err}`);
+  if (process.env.AIRLOCK_DEBUG) console.error(err);
   process.exit(1);
 }

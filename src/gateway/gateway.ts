@@ -16,8 +16,8 @@ import { AuthError } from '../identity/errors.ts';
 import { looksLikeServiceToken } from '../identity/service-tokens.ts';
 import type { AgentLink } from '../agent/agent.ts';
 import { loadOrCreateTls, type TlsMaterial } from './tls.ts';
+import { VERSION } from '../core/version.ts';
 
-export const VERSION = '0.1.0';
 
 export class PolicyInvalidError extends Error {
   constructor(readonly problems: PolicyProblem[]) {

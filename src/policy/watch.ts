@@ -3,10 +3,10 @@
 // (call `reload()`).
 
 import { EventEmitter } from 'node:events';
-import { watch, type FSWatcher } from 'node:fs';
-import { resolve } from 'node:path';
+import { statSync, watch, type FSWatcher } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { precompile } from './evaluate.ts';
-import { loadPolicyDir, type PolicyBundle, type PolicyLoadResult, type PolicyProblem } from './loader.ts';
+import { listPolicyFiles, loadPolicyDir, type PolicyBundle, type PolicyLoadResult, type PolicyProblem } from './loader.ts';
 
 export interface PolicyHolderEvents {
   /** A reload produced a valid bundle (now `current`); `previous` is the one it replaced. */
@@ -22,8 +22,12 @@ export class PolicyHolder extends EventEmitter<PolicyHolderEvents> {
   private bundle?: PolicyBundle;
   private watcher?: FSWatcher;
   private timer?: NodeJS.Timeout;
+  private poller?: NodeJS.Timeout;
+  private fingerprint = '';
   /** Debounce delay of file change events, ms. */
   debounceMs = 200;
+  /** Interval of the stat poll that backs up fs.watch, ms. */
+  pollMs = 1000;
 
   constructor(dir: string) {
     super();
@@ -60,9 +64,19 @@ export class PolicyHolder extends EventEmitter<PolicyHolderEvents> {
     return result;
   }
 
-  /** Watches the folder (recursively) and reloads ~200 ms after the last change. */
+  /**
+   * Watches the folder (recursively) and reloads ~200 ms after the last change. fs.watch is the
+   * fast path; a stat poll backs it up, because on Linux a recursive watch loses a file that is
+   * replaced by rename (editors' atomic saves, git checkout, Kubernetes ConfigMap updates).
+   */
   watch(): void {
-    if (this.watcher) return;
+    if (this.watcher || this.poller) return;
+    this.fingerprint = this.stat();
+    this.poller = setInterval(() => {
+      const now = this.stat();
+      if (now !== this.fingerprint) this.schedule();
+    }, this.pollMs);
+    this.poller.unref();
     try {
       this.watcher = watch(this.dir, { recursive: true }, (_event, filename) => {
         // Changes inside .git (including the index, which `git status` may touch) are not
@@ -77,10 +91,23 @@ export class PolicyHolder extends EventEmitter<PolicyHolderEvents> {
     }
   }
 
+  /** Path, inode, size and mtime of every policy file: changes whenever a file is edited or replaced. */
+  private stat(): string {
+    try {
+      return listPolicyFiles(this.dir).map((f) => {
+        const st = statSync(join(this.dir, f));
+        return `${f}:${st.ino}:${st.size}:${st.mtimeMs}`;
+      }).join('|');
+    } catch {
+      return 'unreadable';
+    }
+  }
+
   private schedule(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.timer = undefined;
+      this.fingerprint = this.stat();
       try {
         this.reload();
       } catch (err) {
@@ -97,6 +124,8 @@ export class PolicyHolder extends EventEmitter<PolicyHolderEvents> {
   close(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    if (this.poller) clearInterval(this.poller);
+    this.poller = undefined;
     this.watcher?.close();
     this.watcher = undefined;
   }

@@ -252,6 +252,7 @@ export class SqliteStore implements Store {
     const groups = [...new Set(input.groups)];
     const now = Date.now();
     const expires = now + Math.round(input.ttlMs);
+    if (Number.isNaN(new Date(expires).getTime())) throw new Error('token ttl is too long');
     for (let attempt = 0; ; attempt++) {
       const { id, token, secretHash } = generateServiceToken();
       try {

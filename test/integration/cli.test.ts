@@ -13,10 +13,14 @@ import { run, psql, type RunResult } from '../helpers/clients.ts';
 const CLI = path.resolve('bin/airlock.js');
 const cli = (args: string[], env?: Record<string, string>): Promise<RunResult> =>
   run(process.execPath, [CLI, ...args], { env, timeoutMs: 30_000 });
+const esc = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const show = (r: RunResult) => `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
 
 const TOKEN_RE = /^alk_([a-z2-7]{12})_([A-Za-z0-9_-]{43})$/;
 const UNSET_VAR = `AIRLOCK_CLI_TEST_UNSET_${process.pid}`;
+
+/** The version `policy check` reports for CONNECTIONS_YAML + CI_READ_YAML (a content hash). */
+let checkedVersion = '';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'airlock-cli-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -59,17 +63,15 @@ const BAD_FILES = {
   'syntax.yaml': 'policies:\n  - name: broken\n    subjects:\n      - group: ci\n     connections: [pgmain]\n',
 };
 
-test('--help at every level names the commands and flags; unknown commands fail helpfully', async () => {
-  const [top, version, tok, create, check, auditList, unknown, typo, bare] = await Promise.all([
-    cli(['--help']), cli(['--version']), cli(['token', '--help']), cli(['token', 'create', '--help']),
-    cli(['policy', 'check', '--help']), cli(['audit', 'list', '--help']),
-    cli(['frobnicate']), cli(['tokn']), cli(['token']),
+test('--help at every level names the commands and flags; unknown commands fail helpfully', { timeout: 30_000 }, async () => {
+  const [top, tok, create, check, unknown, typo] = await Promise.all([
+    cli(['--help']), cli(['token', '--help']), cli(['token', 'create', '--help']), cli(['policy', 'check', '--help']),
+    cli(['frobnicate']), cli(['tokn']),
   ]);
   assert.equal(top.code, 0, show(top));
   assert.match(top.stdout, /^Usage: airlock \[options\] \[command\]$/m);
   for (const cmd of ['up', 'demo', 'token', 'policy', 'audit']) assert.match(top.stdout, new RegExp(`^  ${cmd}\\b`, 'm'), cmd);
   assert.equal(top.stderr, '');
-  assert.equal(version.stdout.trim(), '0.1.0');
 
   assert.equal(tok.code, 0, show(tok));
   assert.match(tok.stdout, /^Usage: airlock token \[options\] \[command\]$/m);
@@ -85,28 +87,24 @@ test('--help at every level names the commands and flags; unknown commands fail 
   assert.match(check.stdout, /file:line/);
   assert.match(check.stdout, /dir\s+policy folder \(default: "policies"\)/);
 
-  assert.equal(auditList.code, 0, show(auditList));
-  for (const flag of ['--decision', '--subject', '--type', '--limit', '--json']) assert.ok(auditList.stdout.includes(flag), flag);
-
   assert.equal(unknown.code, 1, show(unknown));
   assert.equal(unknown.stdout, '');
   assert.match(unknown.stderr, /^error: unknown command 'frobnicate'$/m);
   assert.match(unknown.stderr, /Usage: airlock/, 'the usage follows the error');
   assert.equal(typo.code, 1);
   assert.match(typo.stderr, /unknown command 'tokn'\n\(Did you mean token\?\)/);
-  assert.notEqual(bare.code, 0, 'a command group without a subcommand is not a success');
-  assert.match(bare.stderr, /Usage: airlock token/);
 });
 
-test('policy check: ok line for a valid folder; file:line:col per problem, exit 1, for an invalid or missing one', async () => {
+test('policy check: ok line for a valid folder; file:line:col per problem, exit 1, for an invalid or missing one', { timeout: 30_000 }, async () => {
   const good = writeFiles(path.join(tmp, 'check-good'), { 'connections.yaml': CONNECTIONS_YAML, 'ci.yaml': CI_READ_YAML });
   const bad = writeFiles(path.join(tmp, 'check-bad'), BAD_FILES);
-  const empty = writeFiles(path.join(tmp, 'check-empty'), { 'README.md': '# not a policy\n' });
   const missing = path.join(tmp, 'no-such-folder');
-  const [ok, invalid, none, gone] = await Promise.all([good, bad, empty, missing].map((d) => cli(['policy', 'check', d])));
+  const [ok, invalid, gone] = await Promise.all([good, bad, missing].map((d) => cli(['policy', 'check', d])));
 
   assert.equal(ok.code, 0, show(ok));
-  assert.match(ok.stdout, /^ok: 1 policies, 1 connections in 2 files \(version sha256:[0-9a-f]{16}\)\n$/);
+  const vm = /^ok: 1 policies, 1 connections in 2 files \(version (sha256:[0-9a-f]{16})\)\n$/.exec(ok.stdout);
+  assert.ok(vm, show(ok));
+  checkedVersion = vm[1];
   assert.equal(ok.stderr, '');
 
   assert.equal(invalid.code, 1, show(invalid));
@@ -115,18 +113,16 @@ test('policy check: ok line for a valid folder; file:line:col per problem, exit 
   assert.equal(lines.length, 4, show(invalid));
   assert.equal(lines[0], `${bad}/connections.yaml:4:5: "url" is not allowed in connection "pgmain": the policy folder must not contain `
     + `credentials or addresses (they live in the agent's configuration); a connection has only name, type, tags, description`);
-  assert.match(lines[1], new RegExp(`^${bad}/kinds\\.yaml:7:23: unknown SQL kind "selec" \\(valid: select, insert, update, delete, `));
-  assert.match(lines[2], new RegExp(`^${bad}/syntax\\.yaml:5:\\d+: YAML syntax error: \\S`));
+  assert.match(lines[1], new RegExp(`^${esc(bad)}/kinds\\.yaml:7:23: unknown SQL kind "selec" \\(valid: select, insert, update, delete, `));
+  assert.match(lines[2], new RegExp(`^${esc(bad)}/syntax\\.yaml:5:\\d+: YAML syntax error: \\S`));
   assert.equal(lines[3], `3 problem(s) in ${bad}`);
   assert.ok(!invalid.stderr.includes('hunter2'), 'the credential in the rejected URL is not echoed');
 
-  assert.equal(none.code, 1, show(none));
-  assert.match(none.stderr, /no policy files \(\*\.yaml, \*\.yml\)/);
   assert.equal(gone.code, 1, show(gone));
-  assert.match(gone.stderr, new RegExp(`^${missing}: policy directory ${missing} does not exist\n1 problem\\(s\\) in ${missing}\n$`));
+  assert.match(gone.stderr, new RegExp(`^${esc(missing)}: policy directory ${esc(missing)} does not exist\n1 problem\\(s\\) in ${esc(missing)}\n$`));
 });
 
-test('token create / list / revoke against a store created on demand', async () => {
+test('token create / list / revoke against a store created on demand', { timeout: 30_000 }, async () => {
   const dir = writeFiles(path.join(tmp, 'tokens'), {
     // The agent's secrets are not needed to manage tokens: the unset variable must not matter here.
     'airlock.yaml': `data_dir: .\nagent:\n  connections:\n    - name: pgmain\n      url: postgres://svc:\${${UNSET_VAR}}@127.0.0.1:5432/postgres\n`,
@@ -140,7 +136,7 @@ test('token create / list / revoke against a store created on demand', async () 
   assert.equal(lines[1], '');
   const m = TOKEN_RE.exec(lines[0]);
   assert.ok(m, `a service token on stdout: ${lines[0]}`);
-  const [tok1, id1, secret1] = m;
+  const [, id1, secret1] = m;
   const em = /^token ([a-z2-7]{12}) for s \(groups: a,b\) expires (\S+)\n$/.exec(created.stderr);
   assert.ok(em, show(created));
   assert.equal(em[1], id1);
@@ -160,49 +156,23 @@ test('token create / list / revoke against a store created on demand', async () 
   assert.equal(Date.parse(rec.expiresAt) - Date.parse(rec.createdAt), 14 * 86_400_000);
   const secret2 = rec.token.slice(17);
 
-  const list = await cli(['token', 'list', '--config', cfg]);
+  const [list, ttl0, ttlBad, ttlHuge] = await Promise.all([
+    cli(['token', 'list', '--config', cfg]),
+    cli(['token', 'create', '--subject', 's', '--ttl', '0', '--config', cfg]),
+    cli(['token', 'create', '--subject', 's', '--ttl', 'nonsense', '--config', cfg]),
+    cli(['token', 'create', '--subject', 's', '--ttl', '999999999d', '--config', cfg]),
+  ]);
   assert.equal(list.code, 0, show(list));
   const rows = list.stdout.trimEnd().split('\n');
   assert.match(rows[0], /^ID\s+SUBJECT\s+GROUPS\s+CREATED\s+EXPIRES\s+STATUS\s+DESCRIPTION$/);
   assert.equal(rows.length, 3, list.stdout);
   assert.match(list.stdout, new RegExp(`^${id1}\\s+s\\s+a,b\\s+\\S+\\s+\\S+\\s+active$`, 'm'));
   assert.match(list.stdout, new RegExp(`^${rec.id}\\s+nightly\\s+etl\\s+\\S+\\s+\\S+\\s+active\\s+nightly export$`, 'm'));
-  const listJson = await cli(['token', 'list', '--json', '--config', cfg]);
-  const records = JSON.parse(listJson.stdout) as Record<string, unknown>[];
-  assert.deepEqual(records.map((r) => r.id), [id1, rec.id]);
-  for (const r of records) assert.deepEqual(Object.keys(r).filter((k) => !['id', 'subject', 'groups', 'createdAt', 'expiresAt', 'description'].includes(k)), []);
-  for (const out of [list.stdout, listJson.stdout]) {
-    assert.ok(!out.includes(secret1) && !out.includes(secret2), 'token list never shows a secret');
-  }
+  assert.ok(!list.stdout.includes(secret1) && !list.stdout.includes(secret2), 'token list never shows a secret');
   const db = Buffer.concat(['airlock.db', 'airlock.db-wal'].filter((f) => fs.existsSync(path.join(dir, f)))
     .map((f) => fs.readFileSync(path.join(dir, f)))).toString('latin1');
   assert.ok(!db.includes(secret1) && !db.includes(secret2), 'the store holds no secret');
 
-  const revoked = await cli(['token', 'revoke', id1, '--config', cfg]);
-  assert.equal(revoked.code, 0, show(revoked));
-  assert.equal(revoked.stdout, `revoked ${id1}\n`);
-  const [afterRevoke, all, again, unknown] = await Promise.all([
-    cli(['token', 'list', '--config', cfg]), cli(['token', 'list', '--all', '--config', cfg]),
-    cli(['token', 'revoke', id1, '--config', cfg]), cli(['token', 'revoke', 'zzzzzzzzzzzz', '--config', cfg]),
-  ]);
-  assert.ok(!afterRevoke.stdout.includes(id1), `revoked token is not listed as active:\n${afterRevoke.stdout}`);
-  assert.ok(afterRevoke.stdout.includes(rec.id));
-  assert.match(all.stdout, new RegExp(`^${id1}\\s+s\\s+a,b\\s+\\S+\\s+\\S+\\s+revoked$`, 'm'));
-  assert.match(all.stdout, new RegExp(`^${rec.id}\\s.*\\sactive\\s`, 'm'));
-  assert.equal(again.code, 1, 'revoking twice is an error');
-  assert.equal(again.stderr, `airlock: no active token with id ${id1}\n`);
-  assert.equal(unknown.code, 1, show(unknown));
-  assert.equal(unknown.stderr, 'airlock: no active token with id zzzzzzzzzzzz\n');
-  assert.equal(unknown.stdout, '');
-  assert.ok(!tok1.includes(' '));
-
-  const [ttl0, ttlBad, ttlHuge, noSubject, noConfig] = await Promise.all([
-    cli(['token', 'create', '--subject', 's', '--ttl', '0', '--config', cfg]),
-    cli(['token', 'create', '--subject', 's', '--ttl', 'nonsense', '--config', cfg]),
-    cli(['token', 'create', '--subject', 's', '--ttl', '999999999d', '--config', cfg]),
-    cli(['token', 'create', '--ttl', '1h', '--config', cfg]),
-    cli(['token', 'list', '--config', path.join(dir, 'missing.yaml')]),
-  ]);
   assert.equal(ttl0.code, 1, show(ttl0));
   assert.equal(ttl0.stderr, 'airlock: --ttl: duration must be positive: "0"\n');
   assert.equal(ttlBad.code, 1, show(ttlBad));
@@ -210,39 +180,54 @@ test('token create / list / revoke against a store created on demand', async () 
   assert.equal(ttlHuge.code, 1, show(ttlHuge));
   assert.equal(ttlHuge.stderr, 'airlock: --ttl: duration "999999999d" is too long\n');
   for (const r of [ttl0, ttlBad, ttlHuge]) assert.equal(r.stdout, '', 'no token printed');
-  assert.equal(noSubject.code, 1);
-  assert.match(noSubject.stderr, /required option '--subject <name>' not specified/);
-  assert.equal(noConfig.code, 1);
-  assert.match(noConfig.stderr, /^airlock: cannot read config file .*missing\.yaml: ENOENT$/m);
-  const final = JSON.parse((await cli(['token', 'list', '--all', '--json', '--config', cfg])).stdout) as unknown[];
-  assert.equal(final.length, 2, 'failed creates stored nothing');
+
+  const [revoked, unknown] = await Promise.all([
+    cli(['token', 'revoke', id1, '--config', cfg]), cli(['token', 'revoke', 'zzzzzzzzzzzz', '--config', cfg]),
+  ]);
+  assert.equal(revoked.code, 0, show(revoked));
+  assert.equal(revoked.stdout, `revoked ${id1}\n`);
+  assert.equal(unknown.code, 1, show(unknown));
+  assert.equal(unknown.stdout, '');
+  assert.equal(unknown.stderr, 'airlock: no active token with id zzzzzzzzzzzz\n');
+  const [active, all] = await Promise.all([cli(['token', 'list', '--config', cfg]), cli(['token', 'list', '--all', '--json', '--config', cfg])]);
+  assert.ok(!active.stdout.includes(id1), `a revoked token is not listed as active:\n${active.stdout}`);
+  assert.match(active.stdout, new RegExp(`^${rec.id}\\s`, 'm'));
+  const records = JSON.parse(all.stdout) as Record<string, unknown>[];
+  assert.deepEqual(records.map((r) => r.id), [id1, rec.id], 'the failed creates stored nothing; --all keeps the revoked one');
+  assert.match(String(records[0].revokedAt), /^\d{4}-\d\d-\d\dT/);
+  assert.equal(records[1].revokedAt, undefined);
+  for (const r of records) {
+    assert.deepEqual(Object.keys(r).filter((k) => !['id', 'subject', 'groups', 'createdAt', 'expiresAt', 'revokedAt', 'description'].includes(k)), []);
+  }
+  assert.ok(!all.stdout.includes(secret1) && !all.stdout.includes(secret2));
 });
 
-test('up refuses to start with an invalid policy folder, naming file:line and the problem', async () => {
+test('up refuses to start: an invalid policy folder (file:line: problem), an unset ${VAR} (named, no secret shown)', { timeout: 30_000 }, async () => {
   const bad = writeFiles(path.join(tmp, 'up-bad', 'policies'), BAD_FILES);
-  const cfg = path.join(tmp, 'up-bad', 'airlock.yaml');
-  fs.writeFileSync(cfg, `data_dir: .\nlisteners: { postgres: 127.0.0.1:0, api: 127.0.0.1:0 }\n`
+  const badCfg = path.join(tmp, 'up-bad', 'airlock.yaml');
+  fs.writeFileSync(badCfg, `data_dir: .\nlisteners: { postgres: 127.0.0.1:0, api: 127.0.0.1:0 }\n`
     + `agent:\n  connections:\n    - name: pgmain\n      url: postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable\n`);
-  const r = await cli(['up', '--config', cfg]);
+  const envDir = writeFiles(path.join(tmp, 'up-env'), {});
+  writeFiles(path.join(envDir, 'policies'), { 'connections.yaml': CONNECTIONS_YAML, 'ci.yaml': CI_READ_YAML });
+  const envCfg = path.join(envDir, 'airlock.yaml');
+  fs.writeFileSync(envCfg, `data_dir: .\nlisteners: { postgres: 127.0.0.1:0, api: 127.0.0.1:0 }\nagent:\n  connections:\n`
+    + `    - name: pgmain\n      url: postgres://svc:\${AIRLOCK_CLI_TEST_PW}@127.0.0.1:5432/\${${UNSET_VAR}}?x=literal-hunter2\n`);
+  const [r, e] = await Promise.all([
+    cli(['up', '--config', badCfg]),
+    cli(['up', '--config', envCfg], { AIRLOCK_CLI_TEST_PW: 'resolved-s3cret-value' }),
+  ]);
+
   assert.equal(r.code, 1, show(r));
   assert.equal(r.stdout, '', 'no banner');
-  assert.match(r.stderr, new RegExp(`^airlock: the policy folder ${bad} is invalid:$`, 'm'));
-  assert.match(r.stderr, new RegExp(`^${bad}/kinds\\.yaml:7:23: unknown SQL kind "selec"`, 'm'));
-  assert.match(r.stderr, new RegExp(`^${bad}/connections\\.yaml:4:5: "url" is not allowed in connection "pgmain"`, 'm'));
-  assert.match(r.stderr, new RegExp(`^${bad}/syntax\\.yaml:5:\\d+: YAML syntax error`, 'm'));
-});
+  assert.match(r.stderr, new RegExp(`^airlock: the policy folder ${esc(bad)} is invalid:$`, 'm'));
+  assert.match(r.stderr, new RegExp(`^${esc(bad)}/kinds\\.yaml:7:23: unknown SQL kind "selec"`, 'm'));
+  assert.match(r.stderr, new RegExp(`^${esc(bad)}/connections\\.yaml:4:5: "url" is not allowed in connection "pgmain"`, 'm'));
+  assert.match(r.stderr, new RegExp(`^${esc(bad)}/syntax\\.yaml:5:\\d+: YAML syntax error`, 'm'));
 
-test('up refuses to start when a connection URL names an unset variable, without printing secrets', async () => {
-  const dir = writeFiles(path.join(tmp, 'up-env'), {});
-  writeFiles(path.join(dir, 'policies'), { 'connections.yaml': CONNECTIONS_YAML, 'ci.yaml': CI_READ_YAML });
-  const cfg = path.join(dir, 'airlock.yaml');
-  fs.writeFileSync(cfg, `data_dir: .\nlisteners: { postgres: 127.0.0.1:0, api: 127.0.0.1:0 }\nagent:\n  connections:\n`
-    + `    - name: pgmain\n      url: postgres://svc:\${AIRLOCK_CLI_TEST_PW}@127.0.0.1:5432/\${${UNSET_VAR}}?x=literal-hunter2\n`);
-  const r = await cli(['up', '--config', cfg], { AIRLOCK_CLI_TEST_PW: 'resolved-s3cret-value' });
-  assert.equal(r.code, 1, show(r));
-  assert.equal(r.stdout, '');
-  assert.equal(r.stderr, `airlock: ${cfg}: agent.connections[0].url: environment variable ${UNSET_VAR} is not set\n`);
-  assert.ok(!r.stderr.includes('resolved-s3cret-value') && !r.stderr.includes('hunter2'));
+  assert.equal(e.code, 1, show(e));
+  assert.equal(e.stdout, '');
+  assert.equal(e.stderr, `airlock: ${envCfg}: agent.connections[0].url: environment variable ${UNSET_VAR} is not set\n`);
+  assert.ok(!e.stderr.includes('resolved-s3cret-value') && !e.stderr.includes('hunter2'));
 });
 
 describe('a running gateway: airlock up, tokens from the CLI, real psql, policy reload, SIGTERM, audit', () => {
@@ -301,10 +286,6 @@ agent:
   });
 
   test('up prints the banner: listen address, TLS fingerprint, policy version', { timeout: 30_000 }, async () => {
-    const check = await cli(['policy', 'check', policies]);
-    initialVersion = /\(version (sha256:[0-9a-f]{16})\)/.exec(check.stdout)?.[1] ?? '';
-    assert.ok(initialVersion, show(check));
-
     child = spawn(process.execPath, [CLI, 'up', '--config', cfg], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout!.on('data', (d) => (out += d));
     child.stderr!.on('data', (d) => (err += d));
@@ -322,10 +303,13 @@ agent:
     assert.ok(port > 0 && apiPort > 0 && port !== apiPort);
     assert.equal(lines[3], `  tls       self-signed (generated) ${cert}`);
     assert.equal(lines[4], `            sha256 ${new X509Certificate(fs.readFileSync(cert)).fingerprint256}`);
-    assert.equal(lines[5], `  policies  version ${initialVersion}`);
+    const vm = /^ {2}policies {2}version (sha256:[0-9a-f]{16})$/.exec(lines[5]);
+    assert.ok(vm, out);
+    initialVersion = vm[1];
+    if (checkedVersion) assert.equal(initialVersion, checkedVersion, 'the version `policy check` reported for the same files');
     assert.equal(lines[6], '  agent     serves pgmain');
-    const st = await status();
-    assert.equal(st.policyVersion, initialVersion);
+    assert.equal(lines.length, 8, 'nothing else on stdout');
+    assert.equal((await status()).policyVersion, initialVersion);
   });
 
   test('a token from `token create` works through real psql, also over TLS pinned to the printed certificate', { timeout: 20_000 }, async () => {
@@ -343,14 +327,16 @@ agent:
     assert.equal(create.code, 1, show(create));
     assert.match(create.stderr, /ERROR:\s+42501: airlock: .*create.* is not allowed by any policy/);
 
-    const forged = await psql(conninfo(), `alk_${'a'.repeat(12)}_${'b'.repeat(43)}`, 'select 1');
+    // sslmode=require: one attempt (with the default "prefer", psql retries in plain text after a refusal over TLS).
+    const forged = await psql(`${conninfo()} sslmode=require`, `alk_${'a'.repeat(12)}_${'b'.repeat(42)}A`, 'select 1');
     assert.equal(forged.code, 2, show(forged));
     assert.match(forged.stderr, /authentication failed/);
   });
 
   test('editing the policy file and SIGHUP changes decisions; an invalid edit keeps the last good version', { timeout: 20_000 }, async () => {
     assert.ok(port, 'gateway is up');
-    replaceFile(path.join(policies, 'ci.yaml'), CI_PAUSED_YAML);
+    const ciFile = path.join(policies, 'ci.yaml');
+    fs.writeFileSync(ciFile, CI_PAUSED_YAML);
     child!.kill('SIGHUP');
     await until('the new policy version', async () => (await status()).policyVersion !== initialVersion);
     pausedVersion = (await status()).policyVersion;
@@ -360,7 +346,7 @@ agent:
     assert.match(denied.stderr, /ERROR:\s+42501: airlock: reads are paused for maintenance\n/);
     assert.match(denied.stderr, new RegExp(`DETAIL:\\s+Refused by policy "ci-read", rule deny\\[0\\] \\(statement: select\\)\\. Policy version ${pausedVersion}`));
 
-    replaceFile(path.join(policies, 'ci.yaml'), `${CI_READ_YAML}    deny: [\n`);
+    fs.writeFileSync(ciFile, `${CI_READ_YAML}    deny: [\n`);
     child!.kill('SIGHUP');
     await until('the reload failure on stderr', () => err.includes('policy reload failed'));
     assert.equal((await status()).policyVersion, pausedVersion, 'the last good bundle stays in force');
@@ -368,7 +354,7 @@ agent:
     assert.equal(still.code, 1);
     assert.match(still.stderr, /reads are paused for maintenance/);
 
-    replaceFile(path.join(policies, 'ci.yaml'), CI_READ_YAML); // picked up by the file watch alone
+    fs.writeFileSync(ciFile, CI_READ_YAML); // no SIGHUP: picked up by the file watch alone
     await until('the original version again', async () => (await status()).policyVersion === initialVersion);
     const back = await psql(conninfo(), tokens['ci-bot'].token, 'select 4');
     assert.equal(back.code, 0, show(back));
@@ -379,9 +365,29 @@ agent:
     assert.ok(port, 'gateway is up');
     const r = await cli(['token', 'revoke', tokens['other-bot'].id, '--config', cfg]);
     assert.equal(r.code, 0, show(r));
-    const refused = await psql(conninfo(), tokens['other-bot'].token, 'select 1');
+    const refused = await psql(`${conninfo()} sslmode=require`, tokens['other-bot'].token, 'select 1');
     assert.equal(refused.code, 2, show(refused));
     assert.match(refused.stderr, /FATAL:\s+authentication failed: service token has been revoked/);
+  });
+
+  // Node 20's recursive fs.watch on Linux follows the file's inode: once a policy file has been
+  // replaced by a rename (editors' atomic save, git checkout, ConfigMap updates), it misses later
+  // changes to it. The holder's stat poll must catch them without a SIGHUP.
+  test('the file watch keeps seeing a policy file after it was replaced by rename', {
+    timeout: 20_000,
+  }, async () => {
+    assert.ok(port, 'gateway is up');
+    const ciFile = path.join(policies, 'ci.yaml');
+    try {
+      replaceFile(ciFile, CI_PAUSED_YAML);
+      await until('the renamed file to be loaded', async () => (await status()).policyVersion === pausedVersion);
+      fs.writeFileSync(ciFile, CI_READ_YAML);
+      await until('the next edit to be loaded', async () => (await status()).policyVersion === initialVersion, 3000);
+    } finally {
+      fs.writeFileSync(ciFile, CI_READ_YAML);
+      child!.kill('SIGHUP');
+      await until('SIGHUP to restore the original version', async () => (await status()).policyVersion === initialVersion);
+    }
   });
 
   test('SIGTERM stops it with exit status 0', { timeout: 20_000 }, async () => {
@@ -432,36 +438,34 @@ agent:
     const sel1Start = starts.find((e) => e.sessionId === sel1.sessionId);
     assert.equal(sel1Start?.subject, 'ci-bot');
     assert.equal(sel1Start?.connection, 'pgmain');
-    assert.equal(events.filter((e) => e.type === 'auth.failure').length, 2, 'the forged and the revoked token');
+    const failures = events.filter((e) => e.type === 'auth.failure');
+    assert.deepEqual(failures.map((e) => [e.connection, e.reason]), [['pgmain', 'unknown service token'], ['pgmain', 'service token has been revoked']]);
     assert.equal(events.filter((e) => e.type === 'token.create').length, 2);
     assert.deepEqual(events.filter((e) => e.type === 'token.revoke').map((e) => e.detail?.tokenId), [tokens['other-bot'].id]);
   });
 
   test('audit list filters: --decision, --subject, --type, --limit return only matching events', { timeout: 20_000 }, async () => {
-    const [all, deny, allow, other, ciAllow, last2, nobody] = await Promise.all([
-      auditJson(), auditJson('--decision', 'deny'), auditJson('--decision', 'allow'), auditJson('--subject', 'other-bot'),
+    const [all, deny, other, ciAllow, last2] = await Promise.all([
+      auditJson(), auditJson('--decision', 'deny'), auditJson('--subject', 'other-bot'),
       auditJson('--subject', 'ci-bot', '--decision', 'allow'), auditJson('--type', 'statement', '--limit', '2'),
-      auditJson('--subject', 'nobody'),
     ]);
     const ids = (es: Record<string, any>[]) => es.map((e) => e.id);
     assert.deepEqual(ids(deny), ids(all.filter((e) => e.decision === 'deny')));
     assert.deepEqual(deny.map((e) => e.statement), ['create table airlock_cli_should_not_exist (x int)', 'select 2', 'select 3']);
-    assert.deepEqual(ids(allow), ids(all.filter((e) => e.decision === 'allow')));
-    assert.ok(allow.length >= 3 && allow.every((e) => e.decision === 'allow'));
     assert.ok(other.length > 0);
     assert.deepEqual(ids(other), ids(all.filter((e) => e.subject === 'other-bot')));
     assert.ok(other.some((e) => e.type === 'session.start') && other.some((e) => e.statement === "select 'other'"));
     assert.deepEqual(ciAllow.map((e) => e.statement), ['select 1', 'select 4']);
     assert.deepEqual(ids(last2), ids(all.filter((e) => e.type === 'statement').slice(-2)), 'the latest two, oldest first');
-    assert.deepEqual(nobody, []);
 
-    const table = await cli(['audit', 'list', '--subject', 'other-bot', '--config', cfg]);
+    const [table, bad] = await Promise.all([
+      cli(['audit', 'list', '--subject', 'other-bot', '--config', cfg]), cli(['audit', 'list', '--decision', 'maybe', '--config', cfg]),
+    ]);
     assert.equal(table.code, 0, show(table));
     const rows = table.stdout.trimEnd().split('\n');
     assert.match(rows[0], /^ID\s+TIME\s+TYPE\s+SUBJECT\s+CONNECTION\s+DECISION\s+STATEMENT\s+REASON$/);
     assert.equal(rows.length - 1, other.length);
-    for (const row of rows.slice(1)) assert.match(row, /^\d+\s+\S+\s+\S+\s+other-bot\s/);
-    const bad = await cli(['audit', 'list', '--decision', 'maybe', '--config', cfg]);
+    for (const row of rows.slice(1)) assert.match(row, /^\d+\s+\S+\s+\S+\s+other-bot(\s|$)/);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /argument 'maybe' is invalid\. Allowed choices are allow, deny, review/);
   });

@@ -110,6 +110,7 @@ test('createToken validates its input', async () => {
     await assert.rejects(s.createToken({ subject: '', groups: [], ttlMs: 1000 }));
     await assert.rejects(s.createToken({ subject: 'x', groups: [''], ttlMs: 1000 }));
     await assert.rejects(s.createToken({ subject: 'x', groups: [], ttlMs: 0 }));
+    await assert.rejects(s.createToken({ subject: 'x', groups: [], ttlMs: 1e16 }), /too long/);
     await assert.rejects(s.createToken({ subject: 'x', groups: [], ttlMs: Number.NaN }));
     await assert.rejects(s.createToken({ subject: 'x', groups: [], ttlMs: Infinity }));
     assert.deepEqual(await s.listTokens({ includeExpired: true, includeRevoked: true }), []);
