@@ -243,6 +243,8 @@ agent:
     - name: ${DEMO_DB}
       # The agent's credentials: a file reference, so no secret is written in this file.
       url: file:secrets/analytics.url
+log:
+  level: warn    # keeps the terminal readable; every session and statement is in \`airlock audit list\`
 `);
 }
 
