@@ -298,11 +298,11 @@ test('stopped: FunctionCall inside an extended batch is refused; Sync recovers t
   assert.equal(await seqValue(), before);
 });
 
-// DESYNC: the gateway records `statements[name] = text` when it forwards an allowed Parse, before
-// the target accepted it. Parse of a name that already exists fails on the target ("prepared
-// statement already exists") and the target keeps the OLD statement, while the gateway now judges
-// every Bind/Execute of that name against the NEW text (and audits the new text).
-test('DESYNC: re-Parse of an existing statement name: Execute runs a statement other than the one judged', async () => {
+// Formerly a DESYNC: the gateway recorded `statements[name] = text` when it forwarded a Parse,
+// before the target accepted it. Parse of a name that already exists fails on the target
+// ("prepared statement already exists") and the target keeps the OLD statement; the gateway must
+// keep judging (and auditing) the old text too, as it now applies Parse only on ParseComplete.
+test('stopped: re-Parse of an existing statement name: what runs is what was judged and audited', async () => {
   const s = await rawSession();
   try {
     await s.exchange(Buffer.concat([encode.parse('s1', "SELECT 'first' AS v"), encode.sync()]));
@@ -312,8 +312,9 @@ test('DESYNC: re-Parse of an existing statement name: Execute runs a statement o
     await gw.gw.store.flush();
     const audited = (await gw.gw.store.listAudit({ type: 'statement', subject: 'mallory', limit: 50 }))
       .filter((e) => /'(first|second)'/.test(e.statement ?? '')).map((e) => e.statement);
-    // What ran must be what was judged and audited.
-    assert.deepEqual(rows(r.msgs), [['second']], `the target ran ${JSON.stringify(rows(r.msgs))}; the audit says ${JSON.stringify(audited.at(-1))}`);
+    // What ran must be what was judged and audited: the target kept the first statement.
+    assert.deepEqual(rows(r.msgs), [['first']]);
+    assert.equal(audited.at(-1), "SELECT 'first' AS v");
   } finally {
     s.close();
   }
@@ -459,7 +460,7 @@ test('HANG: one huge multi-statement Query stalls the gateway for everyone', asy
 // bytes ("received unencrypted data after SSL request"). Here a plaintext startup, password and
 // Query run in a session the gateway records as TLS; a man-in-the-middle can prepend plaintext
 // to a victim's TLS connection, and requireTlsForRemote is defeated.
-test('BYPASS: plaintext bytes after SSLRequest are processed as if they came over TLS', async () => {
+test('stopped: plaintext bytes after SSLRequest are refused, as PostgreSQL does', async () => {
   const sock = net.connect(gw.port, '127.0.0.1');
   sock.on('error', () => {});
   await new Promise((r) => sock.once('connect', r));
@@ -467,7 +468,9 @@ test('BYPASS: plaintext bytes after SSLRequest are processed as if they came ove
   sock.write(Buffer.concat([encode.sslRequest(), encode.startup({ user: 'mallory', database: 'analytics' }),
     encode.password(ro), encode.query("SELECT 'ran-in-plaintext' AS v")]));
   const first = await answer;
-  assert.equal(first.toString('latin1', 0, 1), 'S');
+  // PostgreSQL answers "received unencrypted data after SSL request" (FATAL 08P01), not 'S'.
+  assert.equal(first.toString('latin1', 0, 1), 'E');
+  assert.match(first.toString('latin1'), /received unencrypted data after SSL request/);
   const secure = tls.connect({ socket: sock, rejectUnauthorized: false });
   const got: Buffer[] = [];
   secure.on('data', (d) => got.push(d));
@@ -665,12 +668,14 @@ test('stopped: NUL bytes inside Query and Parse text', async () => {
 test('stopped: extended-protocol sequences around a refused Parse never run the write', async () => {
   const s = await rawSession();
   try {
-    // Unnamed statement reuse after a refused Parse: the target still has the old SELECT, the gateway forgets both.
+    // Unnamed statement reuse after a refused Parse: the refused Parse never reached the target, which
+    // still has the old SELECT; the gateway judges a later Bind/Execute of it as that SELECT.
     let r = await s.exchange(Buffer.concat([encode.parse('', 'SELECT 1'), encode.sync()]));
     r = await s.exchange(Buffer.concat([encode.parse('', 'DELETE FROM customers WHERE id = 1'), encode.bind('', ''), encode.execute(''), encode.sync()]));
     assert.match(errors(r.msgs)[0]?.text ?? '', /42501/);
     r = await s.exchange(Buffer.concat([encode.bind('', ''), encode.execute(''), encode.sync()]));
-    assert.match(errors(r.msgs)[0]?.text ?? '', /42501|not bound/);
+    assert.deepEqual(errors(r.msgs), []);
+    assert.deepEqual(rows(r.msgs), [['1']]);
     // Execute without Bind, Bind of a statement that was refused under another name.
     r = await s.exchange(Buffer.concat([encode.execute('nobody'), encode.sync()]));
     assert.match(errors(r.msgs)[0]?.text ?? '', /was not bound from a statement Airlock allowed/);

@@ -12,11 +12,12 @@ import tls from 'node:tls';
 import { randomBytes, randomInt } from 'node:crypto';
 import type { AuditEvent, ConnectionInfo, Decision, Identity, Request, SqlRequestInfo } from '../../core/types.ts';
 import {
-  FrameReader, ProtocolError, decodeBackendKey, decodeBind, decodeCommandTag, decodeErrorFields,
+  DEFAULT_MAX_MESSAGE, FrameReader, ProtocolError, decodeBackendKey, decodeBind, decodeCommandTag, decodeErrorFields,
   decodeExecute, decodeParameterStatus, decodeParse, decodeQuery, decodeReadyStatus, decodeStartup, decodeTarget, encode,
   errorFields, rowsFromTag, type ErrorFields, type Frame,
 } from './codec.ts';
 import type { TargetConnection } from './target.ts';
+import { Pipeline, type Lookup, type Tracked } from './pipeline.ts';
 
 export interface PgAdapterDeps {
   /** Verifies the token the client sent as its password. Throws an error whose message is safe to show. */
@@ -42,12 +43,16 @@ export interface PgAdapterDeps {
   maxMessageBytes?: number;
 }
 
-interface PendingStatement {
-  kind: 'query' | 'execute' | 'sync';
-  event?: AuditEvent;
-  started?: number;
-  rows?: number;
+/** A statement on its way to the target: recorded when the pipeline reports it finished. */
+interface Recorded extends Tracked {
+  event: AuditEvent;
 }
+
+/** Longest statement text the gateway classifies; longer ones are refused (parsing runs on the shared event loop). */
+export const MAX_STATEMENT_CHARS = 1024 * 1024;
+/** PostgreSQL's own limit for startup packets; the password message before authentication gets a similar bound. */
+const MAX_STARTUP_PACKET = 10_000;
+const MAX_PASSWORD_MESSAGE = 64 * 1024;
 
 /** Session registry keyed by the BackendKeyData the gateway handed out, for CancelRequest routing. */
 const sessionsByKey = new Map<string, PgSession>();
@@ -97,12 +102,12 @@ class PgSession {
   private processing = false;
   private targetKey?: { processId: number; secretKey: number };
   private gatewayKey?: string;
-  private readonly statements = new Map<string, string>(); // prepared statement name -> text
-  private readonly portals = new Map<string, string>(); // portal name -> text
-  private readonly inflight: PendingStatement[] = [];
+  private readonly pipeline = new Pipeline({
+    finished: (t) => this.recordCompleted(t as Recorded),
+    released: () => this.releaseBarrier(),
+    forget: (marker) => this.refusals.delete(marker),
+  });
   private readonly refusals = new Map<string, ErrorFields>(); // poison marker -> refusal to show
-  private readonly marker = `airlock_refused_${randomBytes(4).toString('hex')}_`;
-  private refusalSeq = 0;
   private txnStatus = 'I';
   /** Set after a statement that may change how later statements are parsed (see holdAfter). */
   private barrier: 'none' | 'until-sync' | 'until-ready' = 'none';
@@ -115,7 +120,7 @@ class PgSession {
     private readonly onClosed: () => void) {
     this.client = socket;
     this.source = (socket.remoteAddress ?? 'unknown').replace(/^::ffff:/, '');
-    this.clientReader = new FrameReader({ typed: false, maxMessage: deps.maxMessageBytes });
+    this.clientReader = new FrameReader({ typed: false, maxMessage: MAX_STARTUP_PACKET });
   }
 
   start(): void {
@@ -169,6 +174,10 @@ class PgSession {
     const pkt = decodeStartup(frame);
     if (pkt.kind === 'ssl' || pkt.kind === 'gssenc') {
       const accept = pkt.kind === 'ssl' && !!this.secureContext && !this.tlsActive;
+      if (accept && this.clientReader.buffered > 0) {
+        // Bytes sent before the TLS handshake would be taken as if they had come encrypted.
+        throw new ProtocolError('received unencrypted data after SSL request');
+      }
       this.client.write(encode.sslResponse(accept));
       if (accept) this.upgradeToTls();
       return;
@@ -192,6 +201,7 @@ class PgSession {
     const database = pkt.params.database ?? pkt.params.user ?? '';
     this.connection = this.deps.connection(database);
     this.clientReader.typed = true;
+    this.clientReader.maxMessage = MAX_PASSWORD_MESSAGE;
     this.phase = 'password';
     this.client.write(encode.authCleartext());
   }
@@ -231,6 +241,7 @@ class PgSession {
       return this.refuseConnection('42501', `airlock: ${gate.reason}`);
     }
     this.phase = 'connecting';
+    this.clientReader.maxMessage = this.deps.maxMessageBytes ?? DEFAULT_MAX_MESSAGE;
     this.client.pause();
     let conn: TargetConnection;
     try {
@@ -273,39 +284,31 @@ class PgSession {
         const text = decodeQuery(frame.body);
         const decision = await this.check(text);
         if (!decision) return;
-        if (decision.verdict.action === 'allow') {
-          this.inflight.push({ kind: 'query', event: decision.event, started: performance.now() });
-          if (changesSessionState(decision.info)) this.barrier = 'until-ready';
-          this.toTarget(frame.raw);
-        } else {
-          this.refuse(frame.type, decision.verdict, decision.info);
-        }
+        if (decision.verdict.action !== 'allow') return this.refuse(frame.type, decision.verdict, decision.info);
+        const holds = changesSessionState(decision.info);
+        if (holds) this.barrier = 'until-ready';
+        this.pipeline.query(this.tracked(decision.event), undefined, holds);
+        this.toTarget(frame.raw);
         return;
       }
       case 'P': {
         const parse = decodeParse(frame.body);
         const decision = await this.check(parse.query, { auditAllowed: false });
         if (!decision) return;
-        if (decision.verdict.action === 'allow') {
-          this.statements.set(parse.name, parse.query);
-          this.toTarget(frame.raw);
-        } else {
-          this.statements.delete(parse.name);
-          this.refuse(frame.type, decision.verdict, decision.info);
-        }
+        if (decision.verdict.action !== 'allow') return this.refuse(frame.type, decision.verdict, decision.info);
+        this.pipeline.parse(parse.name, parse.query);
+        this.toTarget(frame.raw);
         return;
       }
       case 'B': {
         const bind = decodeBind(frame.body);
-        const text = this.statements.get(bind.statement);
-        if (text !== undefined) this.portals.set(bind.portal, text);
-        else this.portals.delete(bind.portal);
+        this.pipeline.bind(bind.portal, await this.resolve(() => this.pipeline.statement(bind.statement)));
         this.toTarget(frame.raw);
         return;
       }
       case 'E': {
         const exec = decodeExecute(frame.body);
-        const text = this.portals.get(exec.portal);
+        const text = await this.resolve(() => this.pipeline.portal(exec.portal));
         if (text === undefined) {
           // A portal the gateway did not see bound from an allowed statement (its Parse was refused,
           // or it came from elsewhere): nothing the gateway has not judged may run.
@@ -314,29 +317,28 @@ class PgSession {
         }
         const decision = await this.check(text);
         if (!decision) return;
-        if (decision.verdict.action === 'allow') {
-          this.inflight.push({ kind: 'execute', event: decision.event, started: performance.now() });
-          if (changesSessionState(decision.info)) this.barrier = 'until-sync';
-          this.toTarget(frame.raw);
-        } else {
-          this.refuse(frame.type, decision.verdict, decision.info);
-        }
+        if (decision.verdict.action !== 'allow') return this.refuse(frame.type, decision.verdict, decision.info);
+        if (changesSessionState(decision.info)) this.barrier = 'until-sync';
+        this.pipeline.execute(this.tracked(decision.event));
+        this.toTarget(frame.raw);
         return;
       }
       case 'C': {
         const target = decodeTarget(frame.body);
-        if (target.kind === 'S') this.statements.delete(target.name);
-        else this.portals.delete(target.name);
+        this.pipeline.close(target.kind, target.name);
         this.toTarget(frame.raw);
         return;
       }
-      case 'S':
-        if (this.barrier === 'until-sync') this.barrier = 'until-ready';
-        this.inflight.push({ kind: 'sync' });
+      case 'S': {
+        const releases = this.barrier === 'until-sync';
+        if (releases) this.barrier = 'until-ready';
+        this.pipeline.sync(releases);
         this.toTarget(frame.raw);
         return;
+      }
       case 'D':
         decodeTarget(frame.body); // validates
+        this.pipeline.describe();
         this.toTarget(frame.raw);
         return;
       case 'H': case 'd': case 'c': case 'f':
@@ -365,7 +367,9 @@ class PgSession {
       this.fatal('28000', 'airlock: the token of this session was revoked or has expired');
       return undefined;
     }
-    const info = this.deps.classify(text);
+    const info = text.length > MAX_STATEMENT_CHARS
+      ? { text, statements: [], parseError: `statement of ${text.length} characters is longer than the ${MAX_STATEMENT_CHARS} Airlock inspects` }
+      : this.deps.classify(text);
     const verdict = this.deps.decide(identity, this.request(info));
     if (verdict.action !== 'allow') {
       this.recordStatement(text, info, verdict);
@@ -373,6 +377,19 @@ class PgSession {
     }
     const event = opts.auditAllowed === false ? undefined : this.statementEvent(text, info, verdict);
     return { verdict, info, event };
+  }
+
+  /** Waits while a name's meaning depends on an earlier batch's answer, then returns its text. */
+  private async resolve(lookup: () => Lookup): Promise<string | undefined> {
+    for (;;) {
+      const r = lookup();
+      if ('text' in r) return r.text;
+      await r.wait;
+    }
+  }
+
+  private tracked(event: AuditEvent | undefined): Recorded | undefined {
+    return event && { event, started: performance.now() };
   }
 
   private request(sql: SqlRequestInfo): Request {
@@ -386,12 +403,13 @@ class PgSession {
    * messages by an Execute of a portal that does not exist.
    */
   private refuse(messageType: string, verdict: Decision, info?: SqlRequestInfo): void {
-    const marker = `${this.marker}${++this.refusalSeq}`;
+    const marker = `${MARKER_PREFIX}${randomBytes(12).toString('hex')}`;
     this.refusals.set(marker, refusalFields(verdict, info));
     if (messageType === 'Q' || messageType === 'F') {
-      this.inflight.push({ kind: 'query' });
+      this.pipeline.query(undefined, marker);
       this.toTarget(encode.query(marker));
     } else {
+      this.pipeline.execute(undefined, marker);
       this.toTarget(encode.execute(marker));
     }
   }
@@ -424,7 +442,6 @@ class PgSession {
 
   /** Returns the bytes to send to the client for one target message. */
   private onTargetMessage(frame: Frame): Buffer {
-    const head = this.inflight[0];
     switch (frame.type) {
       case 'K': {
         this.targetKey = decodeBackendKey(frame.body);
@@ -434,36 +451,28 @@ class PgSession {
         sessionsByKey.set(this.gatewayKey, this);
         return encode.backendKeyData(processId, secretKey);
       }
-      case 'E': {
-        const fields = decodeErrorFields(frame.body);
-        const markerAt = fields.M?.indexOf(this.marker) ?? -1;
-        if (markerAt >= 0) {
-          const marker = /airlock_refused_[0-9a-f]+_\d+/.exec(fields.M!.slice(markerAt))?.[0] ?? '';
-          const refusal = this.refusals.get(marker);
-          this.refusals.delete(marker);
-          if (refusal) return encode.errorResponse(refusal);
-        }
-        if (head?.event) head.event.error = `${fields.C ?? ''} ${fields.M ?? ''}`.trim();
-        if (head?.kind === 'execute') this.finish();
+      case '1': case '2': case '3':
+        this.pipeline.confirmed(frame.type);
         return frame.raw;
-      }
+      case 'T': case 'n':
+        this.pipeline.described();
+        return frame.raw;
       case 'C':
-        if (head && (head.kind === 'query' || head.kind === 'execute')) {
-          head.rows = (head.rows ?? 0) + (rowsFromTag(decodeCommandTag(frame.body)) ?? 0);
-          if (head.kind === 'execute') this.finish();
-        }
+        this.pipeline.completed(rowsFromTag(decodeCommandTag(frame.body)), true);
         return frame.raw;
       case 'I': case 's':
-        if (head?.kind === 'execute') this.finish();
+        this.pipeline.completed(undefined, true);
         return frame.raw;
+      case 'E': {
+        const fields = decodeErrorFields(frame.body);
+        const marker = MARKER_PATTERN.exec(fields.M ?? '')?.[0];
+        const refusal = marker ? this.refusals.get(marker) : undefined;
+        this.pipeline.failed(refusal ? 'refused' : `${fields.C ?? ''} ${fields.M ?? ''}`.trim());
+        return refusal ? encode.errorResponse(refusal) : frame.raw;
+      }
       case 'Z':
         this.txnStatus = decodeReadyStatus(frame.body);
-        while (this.inflight.length) {
-          const done = this.inflight[0].kind;
-          this.finish();
-          if (done !== 'execute') break;
-        }
-        if (this.inflight.length === 0 && this.barrier === 'until-ready') this.releaseBarrier();
+        this.pipeline.ready(this.txnStatus === 'I');
         return frame.raw;
       case 'S': {
         // Statements are classified as UTF-8 text with standard_conforming_strings on; a session
@@ -482,14 +491,14 @@ class PgSession {
     }
   }
 
-  /** Completes the oldest in-flight statement and records it. */
-  private finish(): void {
-    const p = this.inflight.shift();
-    if (!p?.event) return;
+  /** Records a statement the target completed, failed or skipped. */
+  private recordCompleted(t: Recorded): void {
     this.counts.statements++;
-    p.event.durationMs = Math.round((performance.now() - (p.started ?? 0)) * 1000) / 1000;
-    if (p.rows !== undefined) p.event.rows = p.rows;
-    this.deps.audit(p.event);
+    t.event.durationMs = Math.round((performance.now() - t.started) * 1000) / 1000;
+    if (t.rows !== undefined) t.event.rows = t.rows;
+    if (t.error) t.event.error = t.error;
+    if (t.skipped) t.event.error = 'not executed: an earlier message of its batch failed';
+    this.deps.audit(t.event);
   }
 
   // ---------- helpers ----------
@@ -507,7 +516,7 @@ class PgSession {
 
   private statementEvent(text: string, info: SqlRequestInfo | undefined, verdict: Decision): AuditEvent {
     return {
-      ...this.eventBase('statement'), statement: text, classification: info && summarize(info),
+      ...this.eventBase('statement'), statement: auditText(text), classification: info && summarize(info),
       decision: verdict.action, policy: verdict.policy, rule: verdict.rule, reason: verdict.reason, bundleVersion: verdict.bundleVersion,
     };
   }
@@ -568,7 +577,7 @@ class PgSession {
     this.releaseBarrier();
     clearTimeout(this.startupTimer);
     if (this.gatewayKey) sessionsByKey.delete(this.gatewayKey);
-    while (this.inflight.length) this.finish();
+    this.pipeline.abandon();
     if (wasReady) {
       this.deps.audit({ ...this.eventBase('session.end'), durationMs: Date.now() - this.startedAt,
         detail: { outcome: 'closed', statements: this.counts.statements, denied: this.counts.denied } });
@@ -580,6 +589,8 @@ class PgSession {
 }
 
 const STATEMENT_MESSAGES = new Set(['Q', 'P', 'E', 'F']);
+const MARKER_PREFIX = 'airlock_refused_';
+const MARKER_PATTERN = /airlock_refused_[0-9a-f]{24}/;
 
 class SessionGuardError extends Error {}
 
@@ -630,6 +641,11 @@ function summarize(info: SqlRequestInfo) {
     parseError: info.parseError,
   };
 }
+
+/** Statement text as recorded: very long texts are cut, with the length they had. */
+const MAX_AUDITED_CHARS = 64 * 1024;
+const auditText = (text: string) =>
+  text.length <= MAX_AUDITED_CHARS ? text : `${text.slice(0, MAX_AUDITED_CHARS)}… [${text.length} characters in all]`;
 
 /** Joins buffers that are adjacent views of one allocation without copying; copies otherwise. */
 function joinContiguous(parts: Buffer[]): Buffer {

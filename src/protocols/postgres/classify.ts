@@ -5,12 +5,15 @@
 // sub-selects, expressions, function arguments, RETURNING, the inner statement of EXPLAIN ANALYZE,
 // PREPARE, COPY (query), CREATE TABLE AS, rule and BEGIN ATOMIC bodies. Every statement kind found
 // (nested ones included) becomes an operation, and so does every function call, judged against the
-// reviewed lists in sql-functions.ts. See docs/sql-classification.md.
+// reviewed lists in sql-functions.ts, and so is every field selection `(x).f` (which PostgreSQL runs
+// as the call `f(x)` when `x` has no field `f`). Reads of the sensitive relations listed there
+// (pg_stat_activity, ...) are reported as side-effect function operations named after the relation.
+// See docs/sql-classification.md.
 
 import { Buffer } from 'node:buffer';
 import { loadModule, parseSync } from 'libpg-query';
 import type { Operation, SqlKind, SqlRequestInfo, StatementInfo } from '../../core/types.ts';
-import { judgeFunction, type FunctionJudgement } from './sql-functions.ts';
+import { judgeAttributeName, judgeFunction, judgeRelation, type FunctionJudgement } from './sql-functions.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Loading and the cache
@@ -139,6 +142,8 @@ class Collector {
   readonly read: string[] = [];
   readonly written: string[] = [];
   readonly notes: string[] = [];
+  /** Names in fnOps that stand for reads of sensitive relations, not calls (left out by plain EXPLAIN). */
+  readonly relationReads = new Set<string>();
   readOnly = true;
 
   sql(kind: SqlKind, tables: readonly string[] = [], mode: Mode = 'none', whereless = false): void {
@@ -156,7 +161,11 @@ class Collector {
   }
 
   fn(name: string, j: FunctionJudgement): void {
-    if (this.fnOps.has(name)) return;
+    if (this.fnOps.has(name)) {
+      // Also called, not only read as a relation of the same name (pg_stat_statements).
+      this.relationReads.delete(name);
+      return;
+    }
     this.fnOps.set(name, {
       type: 'function',
       name,
@@ -165,6 +174,23 @@ class Collector {
     });
     if (j.effect === 'side-effect') this.notWrite(`calls function ${name}, which ${j.reason ?? 'has side effects'}`);
     else if (j.effect === 'unknown') this.notWrite(`calls function ${name} whose effects are not known`);
+  }
+
+  /**
+   * A read of a sensitive relation: a side-effect function operation named after the relation (bare
+   * name), so that policy must permit it explicitly through `functions:`.
+   */
+  sensitiveRead(relname: string, j: FunctionJudgement): void {
+    if (!this.fnOps.has(relname)) {
+      this.fnOps.set(relname, {
+        type: 'function',
+        name: relname,
+        effect: j.effect,
+        ...(j.reason !== undefined ? { reason: j.reason } : {}),
+      });
+      this.relationReads.add(relname);
+    }
+    this.notWrite(j.reason ?? `reads ${relname}`);
   }
 
   /** Marks the statement as not read-only, with the reason. */
@@ -182,7 +208,11 @@ class Collector {
     for (const [kind, op] of o.sqlOps) this.sql(kind, op.tables, 'none', op.whereless);
     for (const t of o.read) pushUnique(this.read, t);
     for (const t of o.written) pushUnique(this.written, t);
-    for (const [name, op] of o.fnOps) if (!this.fnOps.has(name)) this.fnOps.set(name, op);
+    for (const [name, op] of o.fnOps) {
+      if (this.fnOps.has(name)) continue;
+      this.fnOps.set(name, op);
+      if (o.relationReads.has(name)) this.relationReads.add(name);
+    }
     for (const n of o.notes) this.note(n);
     if (!o.readOnly) this.readOnly = false;
   }
@@ -686,6 +716,7 @@ function copyStmt(b: Ast, ctx: Ctx, col: Collector): void {
     } else {
       col.sql('copy', tables, 'read');
       col.sql('select', tables, 'read');
+      sensitiveRelation(b.relation, col);
     }
   } else if (b.query) {
     const before = col.read.length;
@@ -722,8 +753,9 @@ function explainStmt(b: Ast, ctx: Ctx, col: Collector): void {
   // functions (constant folding, estimates), and a user function's volatility is not known here, so
   // functions other than the reviewed safe ones are still reported.
   col.sql('explain', tables, 'read');
+  // Reads of sensitive relations are left out: planning reads no rows.
   for (const [name, op] of sub.fnOps) {
-    if (op.effect !== 'safe') col.fn(name, { effect: op.effect, ...(op.reason !== undefined ? { reason: op.reason } : {}) });
+    if (op.effect !== 'safe' && !sub.relationReads.has(name)) col.fn(name, { effect: op.effect, ...(op.reason !== undefined ? { reason: op.reason } : {}) });
   }
 }
 
@@ -782,6 +814,11 @@ function visitNode(type: string, body: Ast, ctx: Ctx, col: Collector): void {
     case 'A_Expr':
       operator(body, col);
       return walkFields(body, ctx, col);
+    case 'A_Indirection':
+      fieldSelection(body, col);
+      return walkFields(body, ctx, col);
+    case 'ColumnRef':
+      return attributeReference(body, col);
     case 'RangeSubselect':
     case 'SubLink':
       // Sub-queries read, even inside DDL (CREATE TABLE ... CHECK (x IN (SELECT ...)) cannot, but be safe).
@@ -798,6 +835,51 @@ function isCte(rv: Ast, ctx: Ctx): boolean {
 function rangeVar(rv: Ast, ctx: Ctx, col: Collector): void {
   if (ctx.rel.mode === 'read' && isCte(rv, ctx)) return;
   col.sql(ctx.rel.kind, [rvName(rv)], ctx.rel.mode);
+  if (ctx.rel.mode === 'read') sensitiveRelation(rv, col);
+}
+
+/**
+ * A relation read whose rows show other sessions' statements or secrets (SENSITIVE_RELATIONS in
+ * sql-functions.ts), in whatever schema it is written: reported under its bare name.
+ */
+function sensitiveRelation(rv: Ast | undefined, col: Collector): void {
+  if (typeof rv?.relname !== 'string') return;
+  const j = judgeRelation(rv.relname);
+  if (j) col.sensitiveRead(rv.relname, j);
+}
+
+/**
+ * `(x).f`, `(x)[1].f`, `(x).a.b`: PostgreSQL takes each field name as the call `f(x)` when the
+ * value has no field of that name, for any function of one argument (`('s'::regclass).nextval`
+ * advances a sequence). Without the catalog a field cannot be told from a call, so every field
+ * name is judged as a call of that bare name: composite fields whose names are not safe functions
+ * fail closed (unknown).
+ */
+function fieldSelection(ind: Ast, col: Collector): void {
+  for (const item of Array.isArray(ind.indirection) ? ind.indirection : []) {
+    const name = (item as Ast | undefined)?.String?.sval;
+    if (typeof name !== 'string') continue; // A_Star, A_Indices
+    const j = judgeFunction([name]);
+    col.fn(name, j);
+    if (j.effect !== 'safe') col.note(`(...).${name} is taken as the call ${name}(...): PostgreSQL calls a function of that name when the value has no field ${name}`);
+  }
+}
+
+/**
+ * `t.f` (and `s.t.f`): PostgreSQL takes it as the call `f(t)` when `t` has no column `f`. Only a
+ * last name on the reviewed side-effect list is reported (as that function); anything else is a
+ * column, as it almost always is.
+ */
+function attributeReference(ref: Ast, col: Collector): void {
+  const fields = Array.isArray(ref.fields) ? ref.fields : [];
+  if (fields.length < 2) return;
+  const name = (fields[fields.length - 1] as Ast | undefined)?.String?.sval;
+  if (typeof name !== 'string') return; // t.*
+  const j = judgeAttributeName(name);
+  if (!j) return;
+  const qualifier = nameParts(fields.slice(0, -1)).join('.');
+  col.fn(name, j);
+  col.note(`${qualifier}.${name} is taken as the call ${name}(${qualifier}): PostgreSQL calls a function of that name when ${qualifier} has no column ${name}`);
 }
 
 /** schema.table as PostgreSQL folded it (unquoted names lowercased, quoted names as written). */

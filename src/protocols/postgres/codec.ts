@@ -35,48 +35,63 @@ export type StartupPacket =
  * `typed = true` is set by the caller.
  */
 export class FrameReader {
-  private pending: Buffer = Buffer.alloc(0);
+  // Received chunks are kept as a list and copied once, when a whole frame is there: appending
+  // to one buffer per chunk would copy a large message over and over (quadratic time).
+  private chunks: Buffer[] = [];
+  private length = 0;
   typed: boolean;
+  /** Largest acceptable message; may be changed between frames (e.g. tighter before authentication). */
+  maxMessage: number;
 
   constructor(opts: { typed: boolean; maxMessage?: number }) {
     this.typed = opts.typed;
     this.maxMessage = opts.maxMessage ?? DEFAULT_MAX_MESSAGE;
   }
-  private readonly maxMessage: number;
 
   /** Bytes buffered but not yet framed. */
   get buffered(): number {
-    return this.pending.length;
+    return this.length;
   }
 
   push(chunk: Buffer): void {
-    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.length += chunk.length;
   }
 
   /** Returns the next complete frame, or undefined when more bytes are needed. Throws ProtocolError on bad framing. */
   next(): Frame | undefined {
-    const buf = this.pending;
     const header = this.typed ? 5 : 4;
-    if (buf.length < header) return undefined;
-    const len = buf.readInt32BE(this.typed ? 1 : 0);
-    const min = 4;
-    if (len < min) throw new ProtocolError(`invalid message length ${len}`);
+    if (this.length < header) return undefined;
+    if (this.chunks[0].length < header) this.coalesce();
+    const first = this.chunks[0];
+    const len = first.readInt32BE(this.typed ? 1 : 0);
+    if (len < 4) throw new ProtocolError(`invalid message length ${len}`);
     if (len > this.maxMessage) {
       throw new ProtocolError(`message length ${len} exceeds the limit of ${this.maxMessage} bytes`);
     }
     const total = len + (this.typed ? 1 : 0);
-    if (buf.length < total) return undefined;
+    if (this.length < total) return undefined;
+    if (this.chunks[0].length < total) this.coalesce();
+    const buf = this.chunks[0];
     const raw = buf.subarray(0, total);
-    this.pending = buf.subarray(total);
+    if (buf.length === total) this.chunks.shift();
+    else this.chunks[0] = buf.subarray(total);
+    this.length -= total;
     const type = this.typed ? String.fromCharCode(raw[0]) : '';
     return { type, body: raw.subarray(header), raw };
   }
 
   /** Hands back whatever was buffered (e.g. bytes that must be forwarded after a mode switch). */
   drain(): Buffer {
-    const b = this.pending;
-    this.pending = Buffer.alloc(0);
+    const b = Buffer.concat(this.chunks, this.length);
+    this.chunks = [];
+    this.length = 0;
     return b;
+  }
+
+  private coalesce(): void {
+    this.chunks = [Buffer.concat(this.chunks, this.length)];
   }
 }
 

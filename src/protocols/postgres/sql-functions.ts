@@ -35,6 +35,7 @@ const SQL_TEXT = 'runs SQL given as text, invisible to the classifier';
 const WHOLE_TABLES = 'reads whole tables or schemas named by argument, invisible to table rules';
 const INDEX = 'changes an index';
 const CATALOG = 'changes the system catalogs';
+const OTHER_SESSIONS = 'shows statements of other sessions sharing the target role';
 
 /** Functions with effects beyond computing a result, each with the reason. Checked first. */
 export const SIDE_EFFECT_FUNCTIONS: ReadonlyMap<string, string> = new Map<string, string>([
@@ -101,6 +102,10 @@ export const SIDE_EFFECT_FUNCTIONS: ReadonlyMap<string, string> = new Map<string
   ['pg_stat_reset_single_function_counters', STATS], ['pg_stat_reset_slru', STATS],
   ['pg_stat_reset_replication_slot', STATS], ['pg_stat_reset_subscription_stats', STATS],
   ['pg_stat_statements_reset', STATS],
+  // statements of other sessions: every caller of a connection shares its target role, so these
+  // show other identities' statement texts (STABLE builtins and an extension, but reviewed out)
+  ['pg_stat_get_activity', OTHER_SESSIONS], ['pg_stat_get_backend_activity', OTHER_SESSIONS],
+  ['pg_stat_statements', OTHER_SESSIONS],
   // functions that run SQL text or read whole tables by name
   ['query_to_xml', SQL_TEXT], ['query_to_xmlschema', SQL_TEXT], ['query_to_xml_and_xmlschema', SQL_TEXT],
   ['cursor_to_xml', SQL_TEXT], ['cursor_to_xmlschema', SQL_TEXT], ['ts_stat', SQL_TEXT], ['ts_rewrite', SQL_TEXT],
@@ -113,6 +118,47 @@ export const SIDE_EFFECT_FUNCTIONS: ReadonlyMap<string, string> = new Map<string
   ['pg_import_system_collations', CATALOG], ['pg_nextoid', CATALOG], ['pg_extension_config_dump', CATALOG],
   ['pg_stop_making_pinned_objects', CATALOG],
 ]);
+
+/**
+ * Relations whose rows hold what other sessions did, or secrets, that a read-only caller must not
+ * see just because it may SELECT. Every caller of an Airlock connection uses the same target role,
+ * and PostgreSQL shows a role the statements of all of its own sessions, so these views leak other
+ * identities' statement texts, literals included. A read of one of them (a relation in FROM, JOIN,
+ * a sub-select, `TABLE x`, `COPY x TO`) is reported as a side-effect function operation named after
+ * the relation (bare name, whatever schema it is written with: pg_stat_statements lives in the
+ * schema its extension was created in), so a policy must permit it through `functions: [name]`.
+ * Reviewed and left out: pg_stat_statements_info (a counter and a timestamp), pg_stat_ssl,
+ * pg_stat_gssapi and pg_stat_replication (connection metadata, no statement texts: the client of
+ * every target session is the gateway).
+ */
+export const SENSITIVE_RELATIONS: ReadonlyMap<string, string> = new Map<string, string>([
+  ['pg_stat_activity', 'the statement texts (literals included) of other sessions that share the target role'],
+  ['pg_stat_statements', 'the statement texts and statistics of other sessions that share the target role'],
+  ['pg_authid', 'the password hashes of all roles (readable when the target role is a superuser)'],
+  ['pg_shadow', 'the password hashes of all roles (readable when the target role is a superuser)'],
+  ['pg_user_mappings', 'user mapping options, which can hold the passwords the target role uses for foreign servers'],
+  ['pg_user_mapping', 'user mapping options, which can hold the passwords the target role uses for foreign servers'],
+]);
+
+/**
+ * The judgement for a read of a relation (by its bare name, as PostgreSQL folded it), or undefined
+ * when the relation is not on SENSITIVE_RELATIONS.
+ */
+export function judgeRelation(relname: string): FunctionJudgement | undefined {
+  const what = SENSITIVE_RELATIONS.get(relname);
+  return what === undefined ? undefined : { effect: 'side-effect', reason: `reads ${relname}, which shows ${what}` };
+}
+
+/**
+ * The judgement for the last name of a dotted column reference (`t.nextval`): PostgreSQL reads
+ * `t.f` as the call `f(t)` when `t` has no column `f`, which the classifier cannot know without the
+ * catalog. Only names on SIDE_EFFECT_FUNCTIONS count (exact names, not the prefix families, so real
+ * columns such as `lo_limit` stay columns); anything else is taken to be a column.
+ */
+export function judgeAttributeName(name: string): FunctionJudgement | undefined {
+  const reason = SIDE_EFFECT_FUNCTIONS.get(name);
+  return reason === undefined ? undefined : { effect: 'side-effect', reason };
+}
 
 /**
  * Name prefixes that mark a function as having side effects even when it is not listed above

@@ -1,0 +1,100 @@
+// The pipeline's bookkeeping: names change only when the target confirms; errors skip to Sync.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Pipeline, type Tracked } from '../../src/protocols/postgres/pipeline.ts';
+
+function setup() {
+  const log = { finished: [] as Tracked[], released: 0, forgotten: [] as string[] };
+  const p = new Pipeline({
+    finished: (t) => log.finished.push(t),
+    released: () => log.released++,
+    forget: (m) => log.forgotten.push(m),
+  });
+  return { p, log };
+}
+const text = (l: ReturnType<Pipeline['statement']>) => ('text' in l ? l.text : 'WAIT');
+
+test('a Parse is visible to its own batch at once and to the store of names only when confirmed', () => {
+  const { p } = setup();
+  p.parse('s1', 'SELECT 1');
+  assert.equal(text(p.statement('s1')), 'SELECT 1');
+  p.sync();
+  assert.equal(text(p.statement('s1')), 'WAIT', 'a later batch waits for the answer');
+  p.confirmed('1');
+  p.ready(true);
+  assert.equal(text(p.statement('s1')), 'SELECT 1');
+});
+
+test('a failed re-Parse leaves the old statement, as on the target', () => {
+  const { p } = setup();
+  p.parse('s1', 'SELECT 1');
+  p.sync();
+  p.confirmed('1');
+  p.ready(true);
+  p.parse('s1', 'DELETE FROM t');
+  p.sync();
+  p.failed('42P05 prepared statement "s1" already exists');
+  p.ready(true);
+  assert.equal(text(p.statement('s1')), 'SELECT 1');
+});
+
+test('after an extended-protocol error everything up to Sync is skipped, simple Queries included', () => {
+  const { p, log } = setup();
+  const exec: Tracked = { started: 0 };
+  const ignoredQuery: Tracked = { started: 0 };
+  p.parse('', 'SELECT broken');
+  p.bind('', 'SELECT broken');
+  p.execute(exec);
+  p.query(ignoredQuery, 'marker-1', true);
+  p.sync();
+  p.failed('42703 column does not exist');
+  assert.equal(p.pending, 1, 'only the Sync is left');
+  assert.deepEqual(log.finished, [exec, ignoredQuery]);
+  assert.equal(exec.skipped, true);
+  assert.equal(ignoredQuery.skipped, true);
+  assert.equal(log.released, 1, 'a barrier held by a skipped Query is released');
+  assert.deepEqual(log.forgotten, ['marker-1']);
+  p.ready(true);
+  assert.equal(p.pending, 0);
+  assert.equal(text(p.portal('')), undefined);
+});
+
+test("a simple Query's error belongs to it; rows add up until ReadyForQuery", () => {
+  const { p, log } = setup();
+  const q: Tracked = { started: 0 };
+  p.query(q);
+  p.completed(2, true);
+  p.completed(3, true);
+  p.failed('22012 division by zero');
+  assert.equal(p.pending, 1);
+  p.ready(true);
+  assert.deepEqual(log.finished, [q]);
+  assert.equal(q.rows, 5);
+  assert.equal(q.error, '22012 division by zero');
+});
+
+test('portals live until the transaction ends; Close removes names once confirmed', () => {
+  const { p } = setup();
+  p.bind('cur', 'SELECT 1');
+  p.sync();
+  p.confirmed('2');
+  p.ready(false); // still in a transaction
+  assert.equal(text(p.portal('cur')), 'SELECT 1');
+  p.close('P', 'cur');
+  assert.equal(text(p.portal('cur')), undefined);
+  p.sync();
+  p.confirmed('3');
+  p.ready(true);
+  assert.equal(text(p.portal('cur')), undefined);
+  p.bind('x', 'SELECT 2');
+  p.sync();
+  p.confirmed('2');
+  p.ready(true); // transaction over: portals are gone
+  assert.equal(text(p.portal('x')), undefined);
+});
+
+test('answers out of order are a protocol error', () => {
+  const { p } = setup();
+  p.bind('', 'SELECT 1');
+  assert.throws(() => p.confirmed('1'), /out of order/);
+});
