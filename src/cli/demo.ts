@@ -17,8 +17,12 @@ export interface DemoOptions {
   api: string;
 }
 
+/** The connection name users type as dbname. */
 const DEMO_DB = 'analytics';
-const AGENT_ROLE = 'airlock_agent';
+/** The database and role on the target: dedicated names, so that a server given with
+ * --postgres-url never has one of its own databases or roles changed. */
+const TARGET_DB = 'airlock_demo';
+const AGENT_ROLE = 'airlock_demo_agent';
 
 export async function runDemo(opts: DemoOptions): Promise<void> {
   const dir = path.resolve(opts.dir);
@@ -41,10 +45,10 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
 
   try {
     // 2. Sample data and a least-privilege role for the agent.
-    step(`loading sample data into database "${DEMO_DB}"`);
+    step(`loading sample data into database "${TARGET_DB}"`);
     const agentPassword = await loadSampleData(adminUrl, dir);
     const admin = new URL(adminUrl);
-    const targetUrl = `postgres://${AGENT_ROLE}:${encodeURIComponent(agentPassword)}@${admin.hostname}:${admin.port || 5432}/${DEMO_DB}?sslmode=disable`;
+    const targetUrl = `postgres://${AGENT_ROLE}:${encodeURIComponent(agentPassword)}@${admin.hostname}:${admin.port || 5432}/${TARGET_DB}?sslmode=disable`;
     fs.writeFileSync(path.join(dir, 'secrets', 'analytics.url'), targetUrl + '\n', { mode: 0o600 });
 
     // 3. Policies and config.
@@ -142,8 +146,8 @@ async function loadSampleData(adminUrl: string, dir: string): Promise<string> {
   const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();
   try {
-    const exists = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [DEMO_DB]);
-    if (exists.rowCount === 0) await admin.query(`CREATE DATABASE ${DEMO_DB}`);
+    const exists = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [TARGET_DB]);
+    if (exists.rowCount === 0) await admin.query(`CREATE DATABASE ${TARGET_DB}`);
     const role = await admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [AGENT_ROLE]);
     const pwLiteral = `'${password.replace(/'/g, "''")}'`;
     await admin.query(`${role.rowCount === 0 ? 'CREATE' : 'ALTER'} ROLE ${AGENT_ROLE} LOGIN PASSWORD ${pwLiteral}`);
@@ -152,7 +156,7 @@ async function loadSampleData(adminUrl: string, dir: string): Promise<string> {
   }
 
   const url = new URL(adminUrl);
-  url.pathname = `/${DEMO_DB}`;
+  url.pathname = `/${TARGET_DB}`;
   const db = new pg.Client({ connectionString: url.toString() });
   await db.connect();
   try {

@@ -6,37 +6,60 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
+import pg from 'pg';
 import { run } from '../helpers/clients.ts';
+import { ADMIN_URL } from '../helpers/pgdb.ts';
 
 const CLI = path.resolve('bin/airlock.js');
 
-test('airlock demo: ci-runner reads, DROP TABLE is refused with 42501, both are audited, Ctrl-C stops everything', { timeout: 240_000 }, async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'airlock-demo-'));
-  fs.chmodSync(dir, 0o755);
-  const demoDir = path.join(dir, 'demo');
-  const child = spawn(process.execPath, [CLI, 'demo', '--dir', demoDir, '--listen', '127.0.0.1:0', '--api', '127.0.0.1:0'],
+interface Demo {
+  out: () => string;
+  err: () => string;
+  ci: { token: string; conninfo: string };
+  dba: { token: string; conninfo: string };
+  stop(): Promise<number | null>;
+}
+
+/** Starts `airlock demo` as a user would and waits for its two psql lines. */
+async function startDemo(args: string[]): Promise<Demo> {
+  const child = spawn(process.execPath, [CLI, 'demo', ...args, '--listen', '127.0.0.1:0', '--api', '127.0.0.1:0'],
     { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout.on('data', (d) => (out += d));
   child.stderr.on('data', (d) => (err += d));
   const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
-  try {
-    const deadline = Date.now() + 180_000;
-    while (!out.includes('Press Ctrl-C to stop.')) {
-      assert.ok(Date.now() < deadline, `demo did not come up:\n${out}\n${err}`);
-      assert.equal(child.exitCode, null, `demo exited early:\n${out}\n${err}`);
-      await new Promise((r) => setTimeout(r, 200));
+  const deadline = Date.now() + 180_000;
+  while (!out.includes('Press Ctrl-C to stop.')) {
+    if (Date.now() > deadline || child.exitCode !== null) {
+      child.kill('SIGKILL');
+      assert.fail(`demo did not come up:\n${out}\n${err}`);
     }
-    const lines = out.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('PGPASSWORD='));
-    assert.equal(lines.length, 2, out);
-    const parse = (line: string) => {
-      const m = /^PGPASSWORD=(\S+) psql "(.+)"$/.exec(line);
-      assert.ok(m, line);
-      return { token: m[1], conninfo: m[2] };
-    };
-    const ci = parse(lines[0]);
-    const dba = parse(lines[1]);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const lines = out.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('PGPASSWORD='));
+  assert.equal(lines.length, 2, out);
+  const parse = (line: string) => {
+    const m = /^PGPASSWORD=(\S+) psql "(.+)"$/.exec(line);
+    assert.ok(m, line);
+    return { token: m[1], conninfo: m[2] };
+  };
+  return {
+    out: () => out, err: () => err, ci: parse(lines[0]), dba: parse(lines[1]),
+    async stop() {
+      child.kill('SIGINT');
+      return exited;
+    },
+  };
+}
+
+test('airlock demo: ci-runner reads, DROP TABLE is refused with 42501, both are audited, Ctrl-C stops everything', { timeout: 240_000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'airlock-demo-'));
+  fs.chmodSync(dir, 0o755);
+  const demoDir = path.join(dir, 'demo');
+  const demo = await startDemo(['--dir', demoDir]);
+  const { ci, dba } = demo;
+  try {
     assert.match(ci.conninfo, /dbname=analytics user=ci-runner/);
     assert.match(dba.conninfo, /user=dba/);
 
@@ -65,14 +88,33 @@ test('airlock demo: ci-runner reads, DROP TABLE is refused with 42501, both are 
     assert.equal(dr?.policy, 'ci-read-analytics');
     assert.ok(!audit.stdout.includes(ci.token), 'tokens never appear in the audit log');
   } finally {
-    child.kill('SIGINT');
+    assert.equal(await demo.stop(), 0, demo.err());
   }
-  assert.equal(await exited, 0, err);
-  assert.match(out, /stopping/);
+  assert.match(demo.out(), /stopping/);
   // The embedded server is gone: nothing listens on its port any more.
-  const pgPort = /embedded PostgreSQL on 127\.0\.0\.1:(\d+)/.exec(out)?.[1];
+  const pgPort = /embedded PostgreSQL on 127\.0\.0\.1:(\d+)/.exec(demo.out())?.[1];
   assert.ok(pgPort);
   const probe = await run('pg_isready', ['-h', '127.0.0.1', '-p', pgPort!]);
   assert.notEqual(probe.code, 0);
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('airlock demo --postgres-url reuses a running server, in a database and role of its own', { timeout: 120_000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'airlock-demo-'));
+  const demo = await startDemo(['--dir', path.join(dir, 'demo'), '--postgres-url', ADMIN_URL]);
+  try {
+    assert.match(demo.out(), /using PostgreSQL at postgres:\/\/postgres@127\.0\.0\.1:5432/);
+    assert.doesNotMatch(demo.out(), /embedded PostgreSQL/);
+    const r = await run('psql', ['-X', '-At', '-c', 'SELECT current_database(), current_user', demo.ci.conninfo], { env: { PGPASSWORD: demo.ci.token } });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim(), 'airlock_demo|airlock_demo_agent');
+  } finally {
+    assert.equal(await demo.stop(), 0, demo.err());
+    fs.rmSync(dir, { recursive: true, force: true });
+    const admin = new pg.Client({ connectionString: ADMIN_URL });
+    await admin.connect();
+    await admin.query('DROP DATABASE IF EXISTS airlock_demo WITH (FORCE)');
+    await admin.query('DROP ROLE IF EXISTS airlock_demo_agent');
+    await admin.end();
+  }
 });

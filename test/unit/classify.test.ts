@@ -12,10 +12,15 @@ import {
 } from '../../src/protocols/postgres/classify.ts';
 import {
   SAFE_FUNCTIONS,
+  SENSITIVE_RELATIONS,
   SIDE_EFFECT_FUNCTIONS,
+  judgeAttributeName,
   judgeFunction,
+  judgeRelation,
 } from '../../src/protocols/postgres/sql-functions.ts';
-import { SQL_KINDS, type Operation, type SqlRequestInfo, type StatementInfo } from '../../src/core/types.ts';
+import { loadPolicyFiles } from '../../src/policy/loader.ts';
+import { evaluate } from '../../src/policy/evaluate.ts';
+import { SQL_KINDS, type Identity, type Operation, type Request, type SqlRequestInfo, type StatementInfo } from '../../src/core/types.ts';
 import { PSQL_QUERIES, SQL_CORPUS } from '../fixtures/sql-corpus.ts';
 
 /** The verdict a read-only policy would reach, as defined in the corpus. */
@@ -279,6 +284,134 @@ test('functions: names, qualification and judgement', () => {
   assert.deepEqual(n.functions, ['nextval']);
   const o = one('select 1 operator(public.+) 2, 3 operator(pg_catalog.+) 4');
   assert.deepEqual(o.functions, ['operator(public.+)']);
+});
+
+test('field selection (x).f is judged as the call f(x)', () => {
+  const s = one("select ('s'::regclass).nextval, ('/etc/hostname'::text).pg_read_file");
+  assert.deepEqual(fnOps(s), [
+    { type: 'function', name: 'nextval', effect: 'side-effect', reason: 'changes a sequence' },
+    { type: 'function', name: 'pg_read_file', effect: 'side-effect', reason: 'reads server files or directories' },
+  ]);
+  assert.deepEqual(s.functions, ['nextval', 'pg_read_file']);
+  assert.equal(s.readOnly, false);
+  assert.ok(s.notes.includes('calls function nextval, which changes a sequence'));
+  assert.ok(s.notes.some((n) => n.startsWith('(...).nextval is taken as the call nextval(...)')));
+  // After subscripts, nested in sub-selects, in WHERE, and every field of a chain.
+  assert.deepEqual(one("select (array['s'::regclass])[1].nextval").functions, ['nextval']);
+  assert.deepEqual(one("select x from (select ('s'::regclass).nextval as x) s").functions, ['nextval']);
+  assert.deepEqual(one('select 1 from t where (pid).pg_terminate_backend').functions, ['pg_terminate_backend']);
+  assert.deepEqual(fnOps(one('select (x).a.b[1].c from t')).map((o) => [o.name, o.effect]), [['a', 'unknown'], ['b', 'unknown'], ['c', 'unknown']]);
+  // A composite field whose name is not a safe function fails closed; safe names stay safe.
+  const f = one('select (c).city from customers');
+  assert.deepEqual(fnOps(f).map((o) => [o.name, o.effect]), [['city', 'unknown']]);
+  assert.equal(f.readOnly, false);
+  const safe = one("select ('abc'::text).upper, (r).lower from t");
+  assert.deepEqual(fnOps(safe).map((o) => [o.name, o.effect]), [['upper', 'safe'], ['lower', 'safe']]);
+  assert.equal(safe.readOnly, true);
+  assert.deepEqual(safe.notes, []);
+  // Quoted names keep their case: not the builtin.
+  assert.equal(fnOps(one('select (x)."UPPER" from t'))[0].effect, 'unknown');
+  // Whole-row expansion and subscripts are not calls.
+  const star = one('select (t).*, (arr)[1], (arr)[1:2] from t');
+  assert.deepEqual(star.functions, []);
+  assert.equal(star.readOnly, true);
+  // Function arguments inside the selected value are still walked.
+  assert.deepEqual(one("select (pg_sleep(1)::text).length").functions, ['length', 'pg_sleep']);
+  // Field selection is reported by EXPLAIN without ANALYZE like any call that is not safe.
+  assert.deepEqual(one("explain select ('s'::regclass).nextval").functions, ['nextval']);
+});
+
+test('dotted column references ending in a side-effect function name are that call', () => {
+  const s = one('select t.nextval, t.id from t');
+  assert.deepEqual(fnOps(s), [{ type: 'function', name: 'nextval', effect: 'side-effect', reason: 'changes a sequence' }]);
+  assert.equal(s.readOnly, false);
+  assert.ok(s.notes.some((n) => n.startsWith('t.nextval is taken as the call nextval(t)')));
+  assert.deepEqual(one('select public.t.setval from public.t').functions, ['setval']);
+  assert.deepEqual(one('select a.pg_terminate_backend from x a').functions, ['pg_terminate_backend']);
+  // Exact names only: prefix families and unknown names are columns; single names are columns.
+  for (const sql of ['select t.lo_limit, t.pg_read_count, t.a.b, t.* from t', 'select nextval from t', 'select t."NEXTVAL" from t']) {
+    const c = one(sql);
+    assert.deepEqual(c.functions, [], sql);
+    assert.equal(c.readOnly, true, sql);
+  }
+  assert.deepEqual(judgeAttributeName('nextval'), { effect: 'side-effect', reason: 'changes a sequence' });
+  assert.equal(judgeAttributeName('lo_limit'), undefined);
+  assert.equal(judgeAttributeName('lower'), undefined);
+});
+
+test('sensitive relations: reads are side-effect operations named after the relation', () => {
+  const s = one('SELECT query FROM pg_stat_activity');
+  assert.equal(s.kind, 'select');
+  assert.deepEqual(s.operations, [
+    { type: 'sql', kind: 'select', tables: ['pg_stat_activity'] },
+    {
+      type: 'function',
+      name: 'pg_stat_activity',
+      effect: 'side-effect',
+      reason: 'reads pg_stat_activity, which shows the statement texts (literals included) of other sessions that share the target role',
+    },
+  ]);
+  assert.deepEqual(s.functions, ['pg_stat_activity']);
+  assert.deepEqual(s.tablesRead, ['pg_stat_activity']);
+  assert.equal(s.readOnly, false);
+  assert.equal(s.baseline, false);
+  assert.ok(s.notes.some((n) => n.startsWith('reads pg_stat_activity, which shows')));
+  // Whatever the schema, the operation carries the bare name; the table keeps its spelling.
+  const q = one('select * from pg_catalog.pg_stat_activity a join public.pg_stat_statements s on true');
+  assert.deepEqual(q.functions, ['pg_stat_activity', 'pg_stat_statements']);
+  assert.deepEqual(q.tablesRead, ['pg_catalog.pg_stat_activity', 'public.pg_stat_statements']);
+  // Everywhere a query reads; COPY of the relation itself too.
+  for (const sql of ['table pg_authid', 'select 1 where exists (select 1 from pg_shadow)', 'with a as (select * from pg_user_mappings) select * from a',
+    'copy pg_authid to stdout', 'copy (select * from pg_authid) to stdout', 'insert into t select query from pg_stat_activity',
+    'delete from t using pg_stat_activity a where a.pid = t.id', 'explain analyze select * from pg_authid', 'declare c cursor for select * from pg_shadow']) {
+    const st = one(sql);
+    assert.equal(st.readOnly, false, sql);
+    assert.equal(fnOps(st).filter((o) => SENSITIVE_RELATIONS.has(o.name) && o.effect === 'side-effect').length, 1, sql);
+  }
+  // Not reads: a CTE of that name, EXPLAIN without ANALYZE, reviewed-out views, relations named in DDL.
+  assert.equal(one('with pg_stat_activity as (select 1 as query) select query from pg_stat_activity').readOnly, true);
+  const e = one('explain select query from pg_stat_activity');
+  assert.deepEqual(e.operations, [{ type: 'sql', kind: 'explain', tables: ['pg_stat_activity'] }]);
+  assert.equal(e.readOnly, true);
+  for (const sql of ['select * from pg_stat_statements_info', 'select * from pg_stat_ssl', 'select * from pg_stat_replication', 'select * from pg_roles']) {
+    assert.deepEqual(one(sql).functions, [], sql);
+  }
+  assert.deepEqual(one('grant select on pg_stat_activity to x').functions, []);
+  // The functions behind them are on the side-effect list.
+  for (const name of ['pg_stat_get_activity', 'pg_stat_get_backend_activity', 'pg_stat_statements']) {
+    assert.deepEqual(judgeFunction([name]), { effect: 'side-effect', reason: 'shows statements of other sessions sharing the target role' }, name);
+    assert.ok(!SAFE_FUNCTIONS.has(name), name);
+  }
+  assert.equal(judgeFunction(['public', 'pg_stat_statements']).effect, 'side-effect');
+  assert.equal(judgeRelation('pg_class'), undefined);
+  assert.match(judgeRelation('pg_authid')?.reason ?? '', /^reads pg_authid, which shows the password hashes/);
+});
+
+test('sensitive relations: a policy permits them only through functions: with the relation name', () => {
+  const yaml = (extra: string) => `
+connections:
+  - name: analytics
+    type: postgres
+policies:
+  - name: p
+    subjects: [{ group: ci }]
+    connections: [analytics]
+    allow:
+      - sql: [select]
+${extra}`;
+  const identity: Identity = { subject: 'ci', kind: 'service-token', groups: ['ci'], claims: {}, issuer: 'airlock' };
+  const decide = (policy: string, sql: string) => {
+    const { bundle, problems } = loadPolicyFiles([{ path: 'p.yaml', content: policy }]);
+    assert.deepEqual(problems, []);
+    const request: Request = { connection: bundle!.connections[0], source: '10.0.0.1', time: new Date(), sql: classifySql(sql) };
+    return evaluate(bundle!, identity, request);
+  };
+  const sql = 'select query from pg_catalog.pg_stat_activity';
+  const denied = decide(yaml(''), sql);
+  assert.equal(denied.action, 'deny');
+  assert.match(denied.reason, /function pg_stat_activity \(side effect: reads pg_stat_activity/);
+  assert.equal(decide(yaml('      - functions: [pg_stat_activity]'), sql).action, 'allow');
+  assert.equal(decide(yaml('      - functions: [pg_stat_statements]'), sql).action, 'deny');
 });
 
 test('judgeFunction and the reviewed lists', () => {
