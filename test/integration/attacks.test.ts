@@ -791,7 +791,11 @@ test('stopped: startup options, replication, protocol versions, SSL/GSS requests
   const v32 = Buffer.concat([i32(0), i32((3 << 16) | 2), Buffer.from('user\0mallory\0database\0analytics\0_pq_.x\0y\0\0')]);
   v32.writeInt32BE(v32.length);
   const got32 = await rawExchange([v32, encode.password(ro), encode.query('SELECT 1')], 800);
-  // Accepted and served as 3.0 (no NegotiateProtocolVersion is sent, and _pq_.x is ignored silently).
+  // Served as 3.0: NegotiateProtocolVersion says so first and names the unsupported _pq_.x option.
+  assert.equal(got32.toString('latin1', 0, 1), 'v');
+  assert.equal(got32.readInt32BE(5), 0, 'newest minor version: 0');
+  assert.equal(got32.readInt32BE(9), 1, 'one unsupported option');
+  assert.equal(got32.toString('latin1', 13, 19), '_pq_.x');
   assert.doesNotMatch(got32.toString('latin1'), /FATAL/);
   assert.match(got32.toString('latin1'), /SELECT 1/);
   for (const major of [2, 4]) {

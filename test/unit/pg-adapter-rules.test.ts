@@ -9,6 +9,6 @@ test('only loopback peers may skip TLS', () => {
 });
 
 test('client encodings that can hide a quote or backslash inside a multi-byte character are refused', () => {
-  for (const e of ['SJIS', 'sjis', 'Shift_JIS', 'BIG5', 'GBK', 'UHC', 'GB18030', 'WIN932', 'windows-936', 'JOHAB']) assert.equal(isSafeClientEncoding(e), false, e);
+  for (const e of ['SJIS', 'sjis', 'S.JIS', 'Shift_JIS', 'BIG5', 'GBK', 'UHC', 'GB18030', 'WIN932', 'windows-936', 'JOHAB']) assert.equal(isSafeClientEncoding(e), false, e);
   for (const e of ['UTF8', 'utf-8', 'UNICODE', 'LATIN1', 'SQL_ASCII', 'EUC_JP', 'WIN1252']) assert.equal(isSafeClientEncoding(e), true, e);
 });

@@ -189,6 +189,10 @@ class PgSession {
       return;
     }
     this.startupParams = pkt.params;
+    // The gateway speaks protocol 3.0 (as its target connections do): a client asking for a later
+    // minor version or for protocol options is told so, as PostgreSQL itself does.
+    const options = Object.keys(pkt.params).filter((k) => k.startsWith('_pq_.'));
+    if ((pkt.protocol & 0xffff) > 0 || options.length) this.client.write(encode.negotiateProtocolVersion(0, options));
     if (!this.tlsActive && !isLoopback(this.client.remoteAddress) && this.deps.requireTlsForRemote !== false) {
       return this.refuseConnection('28000', 'TLS is required for connections from other hosts (use sslmode=require)');
     }
@@ -603,7 +607,8 @@ const UNSAFE_ENCODINGS = new Set(['SJIS', 'SHIFTJIS', 'SHIFTJIS2004', 'MSKANJI',
   'WINDOWS949', 'GB18030', 'JOHAB']);
 
 export function isSafeClientEncoding(name: string): boolean {
-  return !UNSAFE_ENCODINGS.has(name.toUpperCase().replace(/[-_\s]/g, ''));
+  // PostgreSQL ignores every non-alphanumeric character in encoding names ("S.JIS" is SJIS).
+  return !UNSAFE_ENCODINGS.has(name.toUpperCase().replace(/[^A-Z0-9]/g, ''));
 }
 
 /**

@@ -344,6 +344,8 @@ export const encode = {
 
   // backend
   sslResponse: (accept: boolean): Buffer => Buffer.from(accept ? 'S' : 'N'),
+  negotiateProtocolVersion: (newestMinor: number, unsupportedOptions: string[]): Buffer =>
+    message('v', int32(newestMinor), int32(unsupportedOptions.length), ...unsupportedOptions),
   authOk: (): Buffer => message('R', int32(0)),
   authCleartext: (): Buffer => message('R', int32(3)),
   parameterStatus: (name: string, value: string): Buffer => message('S', name, value),
