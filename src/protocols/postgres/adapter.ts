@@ -2,11 +2,12 @@
 // asks policy about every statement and enforces the answer in PostgreSQL's own terms.
 //
 // Refusals are enforced by sending the target a "poison" message in place of the refused one:
-// a statement that is certain to fail (`airlock_refused_<n>`). The target then behaves exactly as
-// if the refused statement had failed: an open transaction is aborted, the rest of an extended
-// batch is skipped until Sync, and ReadyForQuery carries the true transaction state. The gateway
-// replaces the target's error with its own 42501 refusal. This keeps the gateway and the target
-// in lockstep under pipelining without emulating the backend's state machine.
+// one that is certain to fail and names a random marker (`airlock_refused_<hex>`). The target
+// then behaves exactly as if the refused statement had failed: an open transaction is aborted,
+// the rest of an extended batch is skipped until Sync, and ReadyForQuery carries the true
+// transaction state. The gateway swaps the target's error for its own 42501 refusal. This keeps
+// gateway and target in lockstep under pipelining without emulating the backend's state machine;
+// `Pipeline` follows the target's answers to know what each statement and portal name means.
 import net from 'node:net';
 import tls from 'node:tls';
 import { randomBytes, randomInt } from 'node:crypto';
@@ -108,7 +109,6 @@ class PgSession {
     forget: (marker) => this.refusals.delete(marker),
   });
   private readonly refusals = new Map<string, ErrorFields>(); // poison marker -> refusal to show
-  private txnStatus = 'I';
   /** Set after a statement that may change how later statements are parsed (see holdAfter). */
   private barrier: 'none' | 'until-sync' | 'until-ready' = 'none';
   private barrierReleased?: () => void;
@@ -194,13 +194,13 @@ class PgSession {
     const options = Object.keys(pkt.params).filter((k) => k.startsWith('_pq_.'));
     if ((pkt.protocol & 0xffff) > 0 || options.length) this.client.write(encode.negotiateProtocolVersion(0, options));
     if (!this.tlsActive && !isLoopback(this.client.remoteAddress) && this.deps.requireTlsForRemote !== false) {
-      return this.refuseConnection('28000', 'TLS is required for connections from other hosts (use sslmode=require)');
+      return this.fatal('28000', 'TLS is required for connections from other hosts (use sslmode=require)');
     }
     if (pkt.params.replication && pkt.params.replication !== 'false') {
-      return this.refuseConnection('28000', 'replication connections are not supported through Airlock');
+      return this.fatal('28000', 'replication connections are not supported through Airlock');
     }
     if (pkt.params.client_encoding && !isSafeClientEncoding(pkt.params.client_encoding)) {
-      return this.refuseConnection('22023', `client_encoding ${pkt.params.client_encoding} is not supported through Airlock (use UTF8)`);
+      return this.fatal('22023', `client_encoding ${pkt.params.client_encoding} is not supported through Airlock (use UTF8)`);
     }
     const database = pkt.params.database ?? pkt.params.user ?? '';
     this.connection = this.deps.connection(database);
@@ -231,18 +231,18 @@ class PgSession {
       const reason = (err as Error).message;
       this.deps.audit({ time: new Date().toISOString(), type: 'auth.failure', sessionId: this.id, source: this.source,
         connection: this.startupParams.database, reason, detail: { user: this.startupParams.user } });
-      return this.refuseConnection('28P01', `authentication failed: ${reason}`);
+      return this.fatal('28P01', `authentication failed: ${reason}`);
     }
     const id = this.identity;
     if (!this.connection) {
       this.auditSessionRefused(`unknown connection "${this.startupParams.database ?? ''}"`);
-      return this.refuseConnection('3D000', `connection "${this.startupParams.database ?? ''}" is not declared in the policy folder`);
+      return this.fatal('3D000', `connection "${this.startupParams.database ?? ''}" is not declared in the policy folder`);
     }
     // Refuse right away when no policy lets this identity use the connection at all.
     const gate = this.deps.decide(id, this.request({ text: '', statements: [] }));
     if (gate.action === 'deny') {
       this.auditSessionRefused(gate.reason, gate);
-      return this.refuseConnection('42501', `airlock: ${gate.reason}`);
+      return this.fatal('42501', `airlock: ${gate.reason}`);
     }
     this.phase = 'connecting';
     this.clientReader.maxMessage = this.deps.maxMessageBytes ?? DEFAULT_MAX_MESSAGE;
@@ -252,7 +252,7 @@ class PgSession {
       conn = await this.deps.openTarget(this.connection.name, this.startupParams);
     } catch (err) {
       this.auditSessionRefused(`target unavailable: ${(err as Error).message}`);
-      return this.refuseConnection('08006', `airlock: cannot open connection "${this.connection.name}": ${(err as Error).message}`);
+      return this.fatal('08006', `airlock: cannot open connection "${this.connection.name}": ${(err as Error).message}`);
     }
     if (this.phase !== 'connecting') {
       conn.socket.destroy();
@@ -376,7 +376,7 @@ class PgSession {
       : this.deps.classify(text);
     const verdict = this.deps.decide(identity, this.request(info));
     if (verdict.action !== 'allow') {
-      this.recordStatement(text, info, verdict);
+      this.recordRefusal(text, info, verdict);
       return { verdict, info };
     }
     const event = opts.auditAllowed === false ? undefined : this.statementEvent(text, info, verdict);
@@ -421,7 +421,7 @@ class PgSession {
   /** Refuses a message no policy rule can judge; recorded like any refusal. */
   private refuseUnjudged(messageType: string, label: string, reason: string): void {
     const verdict: Decision = { action: 'deny', reason, bundleVersion: this.deps.policyVersion(), masks: [] };
-    this.recordStatement(label, undefined, verdict);
+    this.recordRefusal(label, undefined, verdict);
     this.refuse(messageType, verdict);
   }
 
@@ -475,8 +475,7 @@ class PgSession {
         return refusal ? encode.errorResponse(refusal) : frame.raw;
       }
       case 'Z':
-        this.txnStatus = decodeReadyStatus(frame.body);
-        this.pipeline.ready(this.txnStatus === 'I');
+        this.pipeline.ready(decodeReadyStatus(frame.body) === 'I');
         return frame.raw;
       case 'S': {
         // Statements are classified as UTF-8 text with standard_conforming_strings on; a session
@@ -525,7 +524,7 @@ class PgSession {
     };
   }
 
-  private recordStatement(text: string, info: SqlRequestInfo | undefined, verdict: Decision): void {
+  private recordRefusal(text: string, info: SqlRequestInfo | undefined, verdict: Decision): void {
     this.counts.statements++;
     this.counts.denied++;
     this.deps.audit(this.statementEvent(text, info, verdict));
@@ -544,11 +543,6 @@ class PgSession {
     if (!this.targetKey || !this.connection) return;
     await this.deps.cancelTarget(this.connection.name, this.targetKey.processId, this.targetKey.secretKey).catch((err) =>
       this.deps.log.warn({ err, session: this.id }, 'cancel request failed'));
-  }
-
-  /** Ends the connection before a session was established (no target yet). */
-  private refuseConnection(code: string, msg: string): void {
-    this.fatal(code, msg);
   }
 
   private fatal(code: string, msg: string): void {
