@@ -10,7 +10,8 @@ import { randomInt } from 'node:crypto';
 import pg from 'pg';
 import { createTestDb, type TestDb } from '../helpers/pgdb.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { FrameReader, decodeErrorFields, encode, message } from '../../src/protocols/postgres/codec.ts';
+import { FrameReader, encode, message } from '../../src/protocols/postgres/codec.ts';
+import { openRawSession, rawBytes, types, errors, rows } from '../helpers/raw-pg.ts';
 
 const POLICIES = {
   'connections.yaml': `connections:\n  - name: analytics\n    type: postgres\n`,
@@ -87,87 +88,10 @@ async function refused(sql: string): Promise<void> {
   }
 }
 
-interface Msg { type: string; text: string; fields?: Record<string, string>; cols?: (string | null)[] }
-
-/** A protocol-level client with exact control over batching; every read has a deadline. */
-async function rawSession(token = ro, params: Record<string, string> = {}) {
-  const sock = net.connect(gw.port, '127.0.0.1');
-  const reader = new FrameReader({ typed: true });
-  const waiters: (() => void)[] = [];
-  let closed = false;
-  sock.on('data', (d) => { reader.push(d); waiters.splice(0).forEach((w) => w()); });
-  sock.on('error', () => {});
-  sock.on('close', () => { closed = true; waiters.splice(0).forEach((w) => w()); });
-  const msgs: Msg[] = [];
-  const pump = () => {
-    for (let f = reader.next(); f; f = reader.next()) {
-      const m: Msg = { type: f.type, text: '' };
-      if (f.type === 'E' || f.type === 'N') { m.fields = decodeErrorFields(f.body); m.text = Object.values(m.fields).join(' '); }
-      if (f.type === 'D') {
-        const n = f.body.readInt16BE(0);
-        let off = 2;
-        m.cols = [];
-        for (let i = 0; i < n; i++) {
-          const len = f.body.readInt32BE(off);
-          off += 4;
-          if (len < 0) m.cols.push(null);
-          else { m.cols.push(f.body.toString('utf8', off, off + len)); off += len; }
-        }
-      }
-      msgs.push(m);
-    }
-  };
-  /** Reads until `readies` ReadyForQuery messages arrived, the socket closed, or the deadline passed. */
-  const read = async (readies = 1, timeoutMs = 3000) => {
-    const out: Msg[] = [];
-    let seen = 0;
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      pump();
-      while (msgs.length) {
-        const m = msgs.shift()!;
-        out.push(m);
-        if (m.type === 'Z' && ++seen === readies) return { msgs: out, timedOut: false, closed };
-      }
-      if (closed) return { msgs: out, timedOut: false, closed };
-      const left = deadline - Date.now();
-      if (left <= 0) return { msgs: out, timedOut: true, closed };
-      await new Promise<void>((r) => { const t = setTimeout(r, left); waiters.push(() => { clearTimeout(t); r(); }); });
-    }
-  };
-  await new Promise((r) => sock.once('connect', r));
-  sock.write(encode.startup({ user: 'mallory', database: 'analytics', ...params }));
-  await sleep(30);
-  sock.write(encode.password(token));
-  const hello = await read();
-  assert.ok(!hello.msgs.some((m) => m.type === 'E'), JSON.stringify(hello));
-  return {
-    sock,
-    read,
-    exchange: (bytes: Buffer, readies = 1, timeoutMs = 3000) => { sock.write(bytes); return read(readies, timeoutMs); },
-    query: (sql: string, timeoutMs = 3000) => { sock.write(encode.query(sql)); return read(1, timeoutMs); },
-    get closed() { return closed; },
-    close: () => { if (!closed) sock.end(encode.terminate()); },
-  };
-}
-
-const types = (msgs: Msg[]) => msgs.map((m) => m.type).join('');
-const errors = (msgs: Msg[]) => msgs.filter((m) => m.type === 'E');
-const rows = (msgs: Msg[]) => msgs.filter((m) => m.type === 'D').map((m) => m.cols);
-
-/** Raw bytes to the gateway on a new socket; resolves with everything received until close or `waitMs`. */
-function rawExchange(bytes: Buffer | Buffer[], waitMs = 1000): Promise<Buffer> {
-  return new Promise((resolve) => {
-    const s = net.connect(gw.port, '127.0.0.1');
-    const got: Buffer[] = [];
-    s.on('data', (d) => got.push(d));
-    s.on('error', () => {});
-    const done = () => resolve(Buffer.concat(got));
-    s.on('close', done);
-    s.on('connect', () => { for (const b of [bytes].flat()) s.write(b); });
-    setTimeout(() => { s.destroy(); }, waitMs);
-  });
-}
+/** A protocol-level session as the read-only caller. */
+const rawSession = (token = ro, params: Record<string, string> = {}) =>
+  openRawSession({ port: gw.port, user: 'mallory', database: 'analytics', token, params });
+const rawExchange = (bytes: Buffer | Buffer[], waitMs = 1000) => rawBytes(gw.port, bytes, waitMs);
 
 /**
  * Worst delay seen while `attack` runs and for `windowMs` after: the longest stall of the event loop

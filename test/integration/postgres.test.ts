@@ -2,12 +2,12 @@
 // against the real PostgreSQL server. Refusals are checked by their effect on the target.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import pg from 'pg';
 import { createTestDb, type TestDb } from '../helpers/pgdb.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { psql, run } from '../helpers/clients.ts';
-import { FrameReader, decodeErrorFields, encode, message } from '../../src/protocols/postgres/codec.ts';
+import { encode, message } from '../../src/protocols/postgres/codec.ts';
+import { openRawSession, rawBytes, types } from '../helpers/raw-pg.ts';
 
 const POLICIES = {
   'connections.yaml': `connections:\n  - name: analytics\n    type: postgres\n    tags: { env: test }\n`,
@@ -226,17 +226,7 @@ test('bad credentials are refused cleanly and audited', async () => {
   assert.ok(failures.every((e) => !JSON.stringify(e).includes(expired.token)));
 });
 
-async function rawExchange(bytes: Buffer, waitMs = 1500): Promise<Buffer> {
-  return new Promise((resolve) => {
-    const s = net.connect(gw.port, '127.0.0.1');
-    const got: Buffer[] = [];
-    s.on('data', (d) => got.push(d));
-    s.on('error', () => {});
-    s.on('close', () => resolve(Buffer.concat(got)));
-    s.write(bytes);
-    setTimeout(() => s.destroy(), waitMs);
-  });
-}
+const rawExchange = (bytes: Buffer, waitMs = 1500) => rawBytes(gw.port, bytes, waitMs);
 
 test('garbage, truncated and oversized messages get a clean error; the gateway keeps serving', async () => {
   const garbage = await rawExchange(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
@@ -328,8 +318,8 @@ test('pipelined extended protocol: a statement right after a session-state chang
       encode.parse('', 'SET search_path = public'), encode.bind('', ''), encode.execute(''),
       encode.parse('', 'SELECT 2'), encode.bind('', ''), encode.execute(''), encode.sync(),
     ]);
-    const reply = await session.exchange(batch);
-    assert.deepEqual(reply.map((m) => m.type), ['1', '2', 'C', 'E', 'Z']);
+    const reply = (await session.exchange(batch)).msgs;
+    assert.equal(types(reply), '12CEZ');
     assert.match(reply[3].text, /42501/);
     assert.match(reply[3].text, /must be followed by Sync/);
     // With a Sync in between, both run.
@@ -337,7 +327,7 @@ test('pipelined extended protocol: a statement right after a session-state chang
       encode.parse('', 'SET search_path = public'), encode.bind('', ''), encode.execute(''), encode.sync(),
       encode.parse('', 'SELECT 2'), encode.bind('', ''), encode.execute(''), encode.sync(),
     ]), 2);
-    assert.deepEqual(ok.map((m) => m.type), ['1', '2', 'C', 'Z', '1', '2', 'D', 'C', 'Z']);
+    assert.equal(types(ok.msgs), '12CZ12DCZ');
   } finally {
     session.close();
   }
@@ -364,44 +354,17 @@ test('a fast-path FunctionCall is refused with its own ReadyForQuery; the sessio
     const oid = Buffer.alloc(4);
     oid.writeInt32BE(2096);
     const fcall = message('F', oid, [0, 0], [0, 1], [0, 0, 0, 4], arg, [0, 0]);
-    const reply = await session.exchange(fcall);
-    assert.deepEqual(reply.map((m) => m.type), ['E', 'Z']);
+    const reply = (await session.exchange(fcall)).msgs;
+    assert.equal(types(reply), 'EZ');
     assert.match(reply[0].text, /42501.*fast-path function calls are not allowed/);
     const after = await session.exchange(encode.query('SELECT 1'));
-    assert.deepEqual(after.map((m) => m.type), ['T', 'D', 'C', 'Z']);
+    assert.equal(types(after.msgs), 'TDCZ');
   } finally {
     session.close();
   }
 });
 
-/** A minimal protocol-level client for tests that need exact control over message batching. */
-async function rawSession(token: string, user: string) {
-  const sock = net.connect(gw.port, '127.0.0.1');
-  const reader = new FrameReader({ typed: true });
-  const waiters: (() => void)[] = [];
-  sock.on('data', (d) => { reader.push(d); waiters.splice(0).forEach((w) => w()); });
-  const readUntilReady = async (count = 1) => {
-    const msgs: { type: string; text: string }[] = [];
-    let seen = 0;
-    for (;;) {
-      for (let f = reader.next(); f; f = reader.next()) {
-        msgs.push({ type: f.type, text: f.type === 'E' ? Object.values(decodeErrorFields(f.body)).join(' ') : '' });
-        if (f.type === 'Z' && ++seen === count) return msgs;
-      }
-      await new Promise<void>((r) => waiters.push(r));
-    }
-  };
-  await new Promise((r) => sock.once('connect', r));
-  sock.write(encode.startup({ user, database: 'analytics' }));
-  await new Promise((r) => setTimeout(r, 50));
-  sock.write(encode.password(token));
-  const hello = await readUntilReady();
-  assert.ok(!hello.some((m) => m.type === 'E'), JSON.stringify(hello));
-  return {
-    exchange: (bytes: Buffer, readies = 1) => { sock.write(bytes); return readUntilReady(readies); },
-    close: () => sock.end(encode.terminate()),
-  };
-}
+const rawSession = (token: string, user: string) => openRawSession({ port: gw.port, user, database: 'analytics', token });
 
 test('the API reports health and status (no secrets)', async () => {
   const base = `http://127.0.0.1:${gw.gw.addresses.api.port}`;
