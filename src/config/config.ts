@@ -14,6 +14,8 @@ const issuerSchema = z.strictObject({
   jwks_uri: z.string().url().optional(),
   groups_claim: z.string().optional(),
   subject_claim: z.string().optional(),
+  algorithms: z.array(z.string()).min(1).optional(),
+  clock_tolerance_sec: z.number().int().min(0).max(600).optional(),
 });
 
 const connectionSchema = z.strictObject({

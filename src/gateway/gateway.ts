@@ -53,6 +53,7 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
     const tls = await loadOrCreateTls(config.tls, config.dataDir);
     const jwt = new JwtVerifier(config.issuers.map((i) => ({
       issuer: i.issuer, audience: i.audience, jwksUri: i.jwks_uri, groupsClaim: i.groups_claim, subjectClaim: i.subject_claim,
+      algorithms: i.algorithms, clockToleranceSec: i.clock_tolerance_sec,
     })));
 
     const bundle = () => policies.current;
