@@ -112,6 +112,7 @@ class PgSession {
   /** Set after a statement that may change how later statements are parsed (see holdAfter). */
   private barrier: 'none' | 'until-sync' | 'until-ready' = 'none';
   private barrierReleased?: () => void;
+  private discardUntilSync = false;
   private counts = { statements: 0, denied: 0 };
   private readonly startedAt = Date.now();
   private startupTimer?: NodeJS.Timeout;
@@ -274,6 +275,9 @@ class PgSession {
   }
 
   private async onClientMessage(frame: Frame): Promise<void> {
+    // After a refusal inside an extended-protocol batch the target skips everything up to Sync;
+    // the gateway drops those messages instead of judging (and recording) what will never run.
+    if (this.discardUntilSync && frame.type !== 'S' && frame.type !== 'X') return;
     if (STATEMENT_MESSAGES.has(frame.type) && this.barrier !== 'none') {
       if (this.barrier === 'until-sync') {
         // The target may already parse this message under changed settings: it cannot be judged.
@@ -334,6 +338,7 @@ class PgSession {
         return;
       }
       case 'S': {
+        this.discardUntilSync = false;
         const releases = this.barrier === 'until-sync';
         if (releases) this.barrier = 'until-ready';
         this.pipeline.sync(releases);
@@ -415,6 +420,7 @@ class PgSession {
     } else {
       this.pipeline.execute(undefined, marker);
       this.toTarget(encode.execute(marker));
+      this.discardUntilSync = true;
     }
   }
 
