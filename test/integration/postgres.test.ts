@@ -74,6 +74,15 @@ test('psql: ci-runner can SELECT', async () => {
   assert.deepEqual(r.stdout.trim().split('\n'), ['Ada', 'Grace', 'Alan']);
 });
 
+test("psql's \\dt and \\d work under a read-only policy (catalog queries are reads)", async () => {
+  const dt = await psql(gw.conninfo('analytics', 'ci-runner'), ci, '\\dt');
+  assert.equal(dt.code, 0, dt.stderr);
+  assert.match(dt.stdout, /public\|customers\|table/);
+  const d = await psql(gw.conninfo('analytics', 'ci-runner'), ci, '\\d customers');
+  assert.equal(d.code, 0, d.stderr);
+  assert.match(d.stdout, /card_number\|text/);
+});
+
 test('psql: DROP TABLE is refused with 42501 and the table is still there', async () => {
   const r = await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'DROP TABLE customers', ['-v', 'VERBOSITY=verbose']);
   assert.notEqual(r.code, 0);

@@ -230,8 +230,7 @@ class PgSession {
       this.identity = await this.deps.authenticate(token);
     } catch (err) {
       const reason = (err as Error).message;
-      this.deps.audit({ time: new Date().toISOString(), type: 'auth.failure', sessionId: this.id, source: this.source,
-        connection: this.startupParams.database, reason, detail: { user: this.startupParams.user } });
+      this.deps.audit({ ...this.eventBase('auth.failure'), reason, detail: { user: this.startupParams.user } });
       return this.fatal('28P01', `authentication failed: ${reason}`);
     }
     const id = this.identity;
@@ -520,6 +519,7 @@ class PgSession {
     return {
       time: new Date().toISOString(), type, sessionId: this.id, subject: this.identity?.subject,
       issuer: this.identity?.issuer, connection: this.connection?.name ?? this.startupParams.database, source: this.source,
+      bundleVersion: this.deps.policyVersion(),
     };
   }
 
