@@ -1,0 +1,36 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { buildConfig, ConfigError, resolveSecrets } from '../../src/config/config.ts';
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'airlock-config-'));
+
+test('defaults: embedded store, listeners, policy folder, all relative to the config file', () => {
+  const c = buildConfig({}, dir);
+  assert.equal(c.storePath, path.join(dir, '.airlock', 'airlock.db'));
+  assert.equal(c.policiesDir, path.join(dir, 'policies'));
+  assert.deepEqual(c.listeners, { api: { host: '127.0.0.1', port: 8080 }, postgres: { host: '127.0.0.1', port: 15432 } });
+  assert.equal(c.tls, undefined);
+});
+
+test('${VAR} and file: references resolve; errors name the key and the variable, never a value', () => {
+  fs.writeFileSync(path.join(dir, 'pw.url'), 'postgres://u:from-file@db/x\n');
+  const c = buildConfig({ agent: { connections: [
+    { name: 'a', url: 'postgres://u:${PW}@db/x' },
+    { name: 'b', url: 'file:pw.url' },
+  ] } }, dir, { PW: 'from-env' });
+  assert.equal(c.connections[0].url, 'postgres://u:from-env@db/x');
+  assert.equal(c.connections[1].url, 'postgres://u:from-file@db/x');
+  assert.throws(() => resolveSecrets('x${NOPE}', 'agent.connections[0].url', dir, {}),
+    (e: Error) => e instanceof ConfigError && /agent\.connections\[0\]\.url: environment variable NOPE is not set/.test(e.message));
+  assert.throws(() => resolveSecrets('file:missing', 'k', dir, {}), /cannot read secret file .*missing: ENOENT/);
+});
+
+test('unknown keys, bad addresses and duplicate connections are refused with the key named', () => {
+  assert.throws(() => buildConfig({ listner: {} }, dir), /invalid configuration:[\s\S]*Unrecognized key[\s\S]*listner/);
+  assert.throws(() => buildConfig({ listeners: { postgres: 'localhost' } }, dir), /listeners\.postgres: expected host:port/);
+  assert.throws(() => buildConfig({ agent: { connections: [{ name: 'a', url: 'x' }, { name: 'a', url: 'y' }] } }, dir),
+    /duplicate connection name "a"/);
+});
