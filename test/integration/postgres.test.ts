@@ -10,12 +10,12 @@ import { encode, message } from '../../src/protocols/postgres/codec.ts';
 import { openRawSession, rawBytes, types } from '../helpers/raw-pg.ts';
 
 const POLICIES = {
-  'connections.yaml': `connections:\n  - name: analytics\n    type: postgres\n    tags: { env: test }\n`,
+  'connections.yaml': `connections:\n  - name: analytics\n    type: postgres\n    tags: { env: test }\n  - name: unreachable\n    type: postgres\n`,
   'policies.yaml': `
 policies:
   - name: ci-read
     subjects: [{ group: ci }]
-    connections: [analytics]
+    connections: [analytics, unreachable]
     allow:
       - sql: [select, show, explain, copy]
     deny:
@@ -54,7 +54,10 @@ let dba: string;
 
 before(async () => {
   db = await createTestDb();
-  gw = await startTestGateway({ policies: POLICIES, connections: [{ name: 'analytics', url: db.url }] });
+  gw = await startTestGateway({ policies: POLICIES, connections: [
+    { name: 'analytics', url: db.url },
+    { name: 'unreachable', url: 'postgres://reader:agent-secret@127.0.0.1:1/x?sslmode=disable' },
+  ] });
   ci = (await gw.token('ci-runner', ['ci'])).token;
   dba = (await gw.token('dba', ['dba'])).token;
 });
@@ -380,6 +383,20 @@ test('the API reports health and status (no secrets)', async () => {
   assert.deepEqual(await (await fetch(`${base}/healthz`)).json(), { ok: true });
   const status = await (await fetch(`${base}/api/status`)).json() as { policyVersion: string; connections: { name: string; served: boolean }[] };
   assert.equal(status.policyVersion, gw.gw.policies.current.version);
-  assert.deepEqual(status.connections.map((c) => [c.name, c.served]), [['analytics', true]]);
+  assert.deepEqual(status.connections.map((c) => [c.name, c.served]), [['analytics', true], ['unreachable', true]]);
   assert.ok(!JSON.stringify(status).includes(db.url), 'the target URL never leaves the agent');
+});
+
+test('a target the agent cannot reach: the client gets 08006 at once, no secret, the gateway keeps serving', async () => {
+  const r = await psql(gw.conninfo('unreachable', 'ci-runner'), ci, 'SELECT 1');
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /airlock: cannot open connection "unreachable": cannot reach target 127\.0\.0\.1:1/);
+  assert.doesNotMatch(r.stderr, /agent-secret|reader/);
+  const c = new pg.Client({ host: '127.0.0.1', port: gw.port, database: 'unreachable', user: 'x', password: ci });
+  await assert.rejects(c.connect(), { code: '08006' });
+  const ok = await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'SELECT 2');
+  assert.equal(ok.stdout.trim(), '2');
+  await gw.gw.store.flush();
+  const [refused] = await gw.gw.store.listAudit({ type: 'session.end', connection: 'unreachable', limit: 1 });
+  assert.match(refused.reason ?? '', /target unavailable/);
 });

@@ -251,7 +251,9 @@ class PgSession {
     try {
       conn = await this.deps.openTarget(this.connection.name, this.startupParams);
     } catch (err) {
-      this.auditSessionRefused(`target unavailable: ${(err as Error).message}`);
+      const targetSaid = (err as { fields?: Record<string, string> }).fields?.M;
+      this.deps.log.warn({ session: this.id, connection: this.connection.name, err: (err as Error).message, targetSaid }, 'cannot open target connection');
+      this.auditSessionRefused(`target unavailable: ${(err as Error).message}${targetSaid ? ` (target: ${targetSaid})` : ''}`);
       return this.fatal('08006', `airlock: cannot open connection "${this.connection.name}": ${(err as Error).message}`);
     }
     if (this.phase !== 'connecting') {

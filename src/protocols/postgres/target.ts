@@ -52,6 +52,7 @@ export interface TargetConnection {
 }
 
 export class TargetError extends Error {
+  /** The target's own error fields, for the gateway's log and audit (not for the client). */
   constructor(message: string, readonly fields?: Record<string, string>) {
     super(message);
     this.name = 'TargetError';
@@ -152,7 +153,9 @@ function authenticate(socket: net.Socket, target: PgTarget, timeoutMs: number): 
         while ((frame = reader.next())) {
           if (frame.type === 'E') {
             const f = decodeErrorFields(frame.body);
-            return fail(new TargetError(`target refused the connection: ${f.M ?? 'unknown error'}`, f));
+            // Login failures name the target's role: callers learn only that the agent's credentials were refused.
+            const why = f.C?.startsWith('28') ? `the agent's credentials were refused (SQLSTATE ${f.C})` : f.M ?? 'unknown error';
+            return fail(new TargetError(`target refused the connection: ${why}`, f));
           }
           if (frame.type !== 'R') continue; // NegotiateProtocolVersion and the like: nothing to do
           const auth = decodeAuth(frame.body);
