@@ -39,14 +39,14 @@ export type Operation =
   | {
       type: 'sql';
       kind: SqlKind;
-      /** Tables touched by this operation, as written (schema-qualified when written so), lowercased. */
+      /** Tables touched by this operation, as PostgreSQL reads them (unquoted names folded to lower case), schema-qualified when written so. */
       tables: string[];
       /** UPDATE/DELETE with no WHERE clause. */
       whereless?: boolean;
     }
   | {
       type: 'function';
-      /** Function name as called, lowercased, schema-qualified when written so. */
+      /** Function name as PostgreSQL reads it (unquoted names folded to lower case), schema-qualified when written so. */
       name: string;
       /** safe: reviewed as free of side effects; side-effect: changes state or reaches outside; unknown: not reviewed. */
       effect: 'safe' | 'side-effect' | 'unknown';
@@ -62,10 +62,10 @@ export interface StatementInfo {
   kind: SqlKind;
   /** Every operation the statement performs, nested ones included (a DELETE inside a CTE, a function call). */
   operations: Operation[];
-  /** Tables read and written, lowercased. */
+  /** Tables read and written (unquoted names folded to lower case). */
   tablesRead: string[];
   tablesWritten: string[];
-  /** Every function called, lowercased. */
+  /** Every function called (unquoted names folded to lower case). */
   functions: string[];
   /** True when the statement, by its effects, only reads data. */
   readOnly: boolean;

@@ -17,6 +17,7 @@ import { looksLikeServiceToken } from '../identity/service-tokens.ts';
 import type { AgentLink } from '../agent/agent.ts';
 import { loadOrCreateTls, type TlsMaterial } from './tls.ts';
 import { VERSION } from '../core/version.ts';
+import { isLoopback } from '../core/net.ts';
 
 
 export class PolicyInvalidError extends Error {
@@ -66,6 +67,7 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
       audit({ time: new Date().toISOString(), type: 'policy.error', bundleVersion: bundle().version,
         error: formatProblems(problems) });
     });
+    policies.on('error', (err) => log.error({ err }, 'policy folder watch failed; SIGHUP still reloads'));
     policies.watch();
     audit({ time: new Date().toISOString(), type: 'policy.load', bundleVersion: bundle().version, detail: { files: bundle().files } });
 
@@ -100,9 +102,10 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
     });
     closers.push(() => pg.close());
     const pgAddr = await listen(pg.server, config.listeners.postgres);
+    pg.server.on('error', (err) => log.error({ err }, 'postgres listener error'));
 
     // The API leaves the host only over TLS: plain HTTP is for loopback addresses.
-    const apiTls = !isLoopbackHost(config.listeners.api.host);
+    const apiTls = !isLoopback(config.listeners.api.host);
     api = (apiTls ? Fastify({ logger: false, https: { cert: tls.cert, key: tls.key } }) : Fastify({ logger: false })) as FastifyInstance;
     api.get('/healthz', async () => ({ ok: true }));
     api.get('/api/status', async () => ({
@@ -139,13 +142,13 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
   }
 }
 
-const isLoopbackHost = (host: string) => host === 'localhost' || host === '::1' || /^127\./.test(host);
-
 async function listen(server: net.Server, at: HostPort): Promise<HostPort> {
   server.listen(at.port, at.host);
-  await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => {
+  try {
+    await once(server, 'listening'); // rejects on 'error'
+  } catch (e) {
     throw new Error(`cannot listen on ${at.host}:${at.port}: ${(e as Error).message}`);
-  })]);
+  }
   const addr = server.address() as net.AddressInfo;
   return { host: at.host, port: addr.port };
 }

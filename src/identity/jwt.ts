@@ -14,6 +14,7 @@
 // localhost), where http is accepted automatically. `allowInsecureHttp` accepts http anywhere
 // (development only).
 
+import { isLoopback } from '../core/net.ts';
 import {
   createLocalJWKSet,
   decodeJwt,
@@ -358,7 +359,7 @@ export class JwtVerifier {
       throw toError(`${what} is not a URL: ${quote(raw)}`);
     }
     if (url.protocol === 'https:') return;
-    if (url.protocol === 'http:' && (this.allowInsecureHttp || isLoopbackHost(url.hostname))) return;
+    if (url.protocol === 'http:' && (this.allowInsecureHttp || isLoopback(url.hostname))) return;
     throw toError(`${what} must use https (http is only accepted for loopback hosts or with allowInsecureHttp): ${raw}`);
   }
 
@@ -435,11 +436,6 @@ export function toGroups(value: unknown): string[] {
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
-}
-
-function isLoopbackHost(hostname: string): boolean {
-  const h = hostname.toLowerCase();
-  return h === 'localhost' || h.endsWith('.localhost') || h === '[::1]' || /^127(\.\d{1,3}){3}$/.test(h);
 }
 
 /** JSON-quotes and truncates caller-controlled text for messages. */

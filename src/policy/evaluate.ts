@@ -36,8 +36,12 @@ export function globMatch(glob: string, text: string): boolean {
   return globToRegExp(glob).test(text);
 }
 
-/** Table/function name pattern: lowercased; without a dot it also matches the bare name of a
- * qualified name (`customers` matches `public.customers`). */
+/**
+ * Table/function name pattern, matched case-insensitively: PostgreSQL folds unquoted names to
+ * lower case but keeps quoted ones ("Secrets"), and a deny rule must catch both spellings.
+ * Without a dot it also matches the bare name of a qualified name (`customers` matches
+ * `public.customers`).
+ */
 interface NamePattern {
   re: RegExp;
   bare: boolean;
@@ -45,7 +49,7 @@ interface NamePattern {
 
 function namePattern(glob: string): NamePattern {
   const g = glob.toLowerCase();
-  return { re: globToRegExp(g), bare: !g.includes('.') };
+  return { re: new RegExp(globToRegExp(g).source, 'iu'), bare: !g.includes('.') };
 }
 
 function nameMatches(patterns: NamePattern[], name: string): boolean {
@@ -313,11 +317,11 @@ function whenFailure(w: CompiledWhen | undefined, req: Request): string | undefi
   return undefined;
 }
 
-function whenHolds(w: CompiledWhen | undefined, req: Request): boolean {
-  return !w || whenFailure(w, req) === undefined;
-}
 
 type SqlOp = Extract<Operation, { type: 'sql' }>;
+
+/** Statement kinds that a rule with a `tables` filter still grants when they name no table. */
+const TABLELESS_KINDS = new Set<SqlKind>(['select', 'show', 'explain', 'set', 'transaction', 'listen', 'deallocate', 'prepare']);
 type FnOp = Extract<Operation, { type: 'function' }>;
 
 function kindOk(r: CompiledRule, op: SqlOp): boolean {
@@ -370,7 +374,7 @@ export function evaluate(bundle: PolicyBundle, identity: Identity, request: Requ
     (p) =>
       p.subjects.some((s) => subjectMatches(s, identity)) &&
       p.connections.some((s) => selectorMatches(s, conn)) &&
-      whenHolds(p.when, request),
+      whenFailure(p.when, request) === undefined,
   );
   const deny = (reason: string, hit?: CompiledRule): Decision => ({
     action: 'deny',
@@ -404,7 +408,7 @@ export function evaluate(bundle: PolicyBundle, identity: Identity, request: Requ
     return { action: 'allow', policy: applicable[0].name, reason: 'empty request', bundleVersion: version, masks };
   }
   const prefix = (i: number) => (statements.length > 1 ? `statement ${i + 1}: ` : '');
-  const active = (rules: CompiledRule[]) => rules.filter((r) => whenHolds(r.when, request));
+  const active = (rules: CompiledRule[]) => rules.filter((r) => whenFailure(r.when, request) === undefined);
   const denies = applicable.flatMap((p) => active(p.deny));
 
   // 1. Deny rules apply to every operation, baseline and safe ones included.
@@ -440,7 +444,10 @@ export function evaluate(bundle: PolicyBundle, identity: Identity, request: Requ
       if (op.type === 'sql') {
         const candidates = grants.filter((r) => kindOk(r, op));
         if (op.tables.length === 0) {
-          matched = candidates;
+          // A `tables` filter limits what a rule grants; an operation that names no table (DROP
+          // SCHEMA, DROP OWNED, CREATE FUNCTION...) escapes it unless it is a plain read or
+          // session statement.
+          matched = TABLELESS_KINDS.has(op.kind) ? candidates : candidates.filter((r) => !r.tables);
         } else {
           // Each table must be covered by some rule (a rule without `tables` covers all).
           matched = [];

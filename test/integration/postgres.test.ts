@@ -39,6 +39,14 @@ policies:
     review:
       - sql: [delete]
         approvers: [group:dba]
+  - name: masked-reader
+    subjects: [{ group: masked }]
+    connections: [analytics]
+    allow:
+      - sql: [select]
+    mask:
+      - columns: ["customers.card_number"]
+        with: last4
   - name: tuner
     subjects: [{ group: tuner }]
     connections: [analytics]
@@ -390,13 +398,23 @@ test('the API reports health and status (no secrets)', async () => {
 test('a target the agent cannot reach: the client gets 08006 at once, no secret, the gateway keeps serving', async () => {
   const r = await psql(gw.conninfo('unreachable', 'ci-runner'), ci, 'SELECT 1');
   assert.notEqual(r.code, 0);
-  assert.match(r.stderr, /airlock: cannot open connection "unreachable": cannot reach target 127\.0\.0\.1:1/);
-  assert.doesNotMatch(r.stderr, /agent-secret|reader/);
+  assert.match(r.stderr, /airlock: cannot open connection "unreachable"; the gateway log has the details/);
+  assert.doesNotMatch(r.stderr, /agent-secret|reader|127\.0\.0\.1:1\b/);
   const c = new pg.Client({ host: '127.0.0.1', port: gw.port, database: 'unreachable', user: 'x', password: ci });
   await assert.rejects(c.connect(), { code: '08006' });
   const ok = await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'SELECT 2');
   assert.equal(ok.stdout.trim(), '2');
   await gw.gw.store.flush();
   const [refused] = await gw.gw.store.listAudit({ type: 'session.end', connection: 'unreachable', limit: 1 });
-  assert.match(refused.reason ?? '', /target unavailable/);
+  assert.match(refused.reason ?? '', /target unavailable: cannot reach target 127\.0\.0\.1:1/);
+});
+
+test('mask rules fail closed until masking is enforced: data statements are refused, session statements work', async () => {
+  const masked = (await gw.token('masked-bot', ['masked'])).token;
+  const r = await psql(gw.conninfo('analytics', 'masked-bot'), masked, 'SELECT card_number FROM customers');
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /requires masking, which this gateway cannot enforce yet/);
+  assert.doesNotMatch(r.stdout, /4111/);
+  const tx = await psql(gw.conninfo('analytics', 'masked-bot'), masked, "BEGIN; SET application_name = 'm'; COMMIT");
+  assert.equal(tx.code, 0, tx.stderr);
 });

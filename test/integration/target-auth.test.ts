@@ -88,6 +88,11 @@ test('cleartext', async () => {
   assert.equal(await whoami(`postgres://clear_user:clear-pw@127.0.0.1:${port}/postgres?sslmode=disable`), 'clear_user');
 });
 
+test('cleartext is refused when TLS was only preferred and not negotiated (a downgrade must not reveal the password)', async () => {
+  await assert.rejects(whoami(`postgres://clear_user:clear-pw@127.0.0.1:${port}/postgres?sslmode=prefer`),
+    /cleartext password over an unencrypted connection/);
+});
+
 test('a wrong password is reported without the password', async () => {
   await assert.rejects(whoami(`postgres://scram_user:wrong-secret@127.0.0.1:${port}/postgres?sslmode=disable`), (e: TargetError) => {
     // What a caller may see: no role name, no password. The target's own words stay for the log.

@@ -93,6 +93,26 @@ test('portals live until the transaction ends; Close removes names once confirme
   assert.equal(text(p.portal('x')), undefined);
 });
 
+test('an error raised at Sync (deferred constraint at the implicit commit) leaves the next batch alone', () => {
+  const { p } = setup();
+  const first: Tracked = { started: 0 };
+  p.parse('', 'INSERT INTO t VALUES (1)');
+  p.bind('', 'INSERT INTO t VALUES (1)');
+  p.execute(first);
+  p.sync();
+  p.parse('s2', 'SELECT 2'); // pipelined second batch
+  p.sync();
+  p.confirmed('1');
+  p.confirmed('2');
+  p.completed(1, true);
+  p.failed('23505 duplicate key value violates unique constraint'); // at the first Sync
+  p.ready(true);
+  p.confirmed('1'); // the second batch's ParseComplete: must not be out of order
+  p.ready(true);
+  assert.equal(p.pending, 0);
+  assert.equal(text(p.statement('s2')), 'SELECT 2');
+});
+
 test('answers out of order are a protocol error', () => {
   const { p } = setup();
   p.bind('', 'SELECT 1');

@@ -282,6 +282,36 @@ describe('evaluate: rules', () => {
     assert.equal(evaluate(b3, identity(), request(b3, [stmt('select', [sqlOp('select', ['orders'])])])).action, 'deny');
   });
 
+  test('tables: a tables-limited rule does not grant DDL that names no table', () => {
+    const b2 = bundle(`policies:
+  - name: p
+    subjects: [{ group: ci }]
+    connections: [analytics]
+    allow:
+      - sql: [select, drop]
+        tables: ["scratch.*"]
+`);
+    const drop = (tables: string[]) => evaluate(b2, identity(), request(b2, [stmt('drop', [sqlOp('drop', tables)])])).action;
+    assert.equal(drop(['scratch.tmp']), 'allow');
+    assert.equal(drop([]), 'deny', 'DROP SCHEMA public CASCADE names no table');
+    assert.equal(evaluate(b2, identity(), request(b2, [stmt('select', [sqlOp('select', [])])])).action, 'allow', 'SELECT 1 still passes');
+  });
+
+  test('table patterns match quoted mixed-case names too (deny must not go dead)', () => {
+    const b2 = bundle(`policies:
+  - name: p
+    subjects: [{ group: ci }]
+    connections: [analytics]
+    allow:
+      - sql: [select]
+    deny:
+      - tables: [Secrets]
+`);
+    for (const t of ['Secrets', 'secrets', 'public.Secrets']) {
+      assert.equal(evaluate(b2, identity(), request(b2, [stmt('select', [sqlOp('select', [t])])])).action, 'deny', t);
+    }
+  });
+
   test('tables: each table may be covered by a different rule', () => {
     const b2 = bundle(`policies:
   - name: p

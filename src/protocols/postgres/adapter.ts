@@ -19,6 +19,7 @@ import {
 } from './codec.ts';
 import type { TargetConnection } from './target.ts';
 import { Pipeline, type Lookup, type Tracked } from './pipeline.ts';
+import { isLoopback } from '../../core/net.ts';
 
 export interface PgAdapterDeps {
   /** Verifies the token the client sent as its password. Throws an error whose message is safe to show. */
@@ -60,7 +61,7 @@ const sessionsByKey = new Map<string, PgSession>();
 
 export interface PgServer {
   server: net.Server;
-  /** Stops accepting, ends every open session with FATAL 57P01, and waits for them to be recorded. */
+  /** Stops accepting and ends every open session with FATAL 57P01 (their session.end events are recorded synchronously). */
   close(): Promise<void>;
 }
 
@@ -82,9 +83,6 @@ export function createPgServer(deps: PgAdapterDeps): PgServer {
     },
   };
 }
-
-export const isLoopback = (addr: string | undefined): boolean =>
-  !!addr && (addr === '::1' || addr.startsWith('127.') || addr.startsWith('::ffff:127.'));
 
 let sessionCounter = 0;
 
@@ -230,9 +228,11 @@ class PgSession {
       this.identity = await this.deps.authenticate(token);
     } catch (err) {
       const reason = (err as Error).message;
-      this.deps.audit({ ...this.eventBase('auth.failure'), reason, detail: { user: this.startupParams.user } });
+      this.deps.audit({ ...this.eventBase('auth.failure'), reason,
+        detail: { user: this.startupParams.user, tokenId: (err as { tokenId?: string }).tokenId } });
       return this.fatal('28P01', `authentication failed: ${reason}`);
     }
+    if (this.phase !== 'password') return; // the client left while its token was being checked
     const id = this.identity;
     if (!this.connection) {
       this.auditSessionRefused(`unknown connection "${this.startupParams.database ?? ''}"`);
@@ -254,7 +254,9 @@ class PgSession {
       const targetSaid = (err as { fields?: Record<string, string> }).fields?.M;
       this.deps.log.warn({ session: this.id, connection: this.connection.name, err: (err as Error).message, targetSaid }, 'cannot open target connection');
       this.auditSessionRefused(`target unavailable: ${(err as Error).message}${targetSaid ? ` (target: ${targetSaid})` : ''}`);
-      return this.fatal('08006', `airlock: cannot open connection "${this.connection.name}": ${(err as Error).message}`);
+      // Where the target is and what it said stay in the log and the audit, not with the caller.
+      const code = (err as { fields?: Record<string, string> }).fields?.C;
+      return this.fatal('08006', `airlock: cannot open connection "${this.connection.name}"${code ? ` (target SQLSTATE ${code})` : ''}; the gateway log has the details`);
     }
     if (this.phase !== 'connecting') {
       conn.socket.destroy();
@@ -263,7 +265,7 @@ class PgSession {
     clearTimeout(this.startupTimer);
     this.target = conn.socket;
     this.phase = 'ready';
-    this.deps.audit({ ...this.eventBase('session.start'), detail: { user: this.startupParams.user,
+    this.deps.audit({ ...this.eventBase('session.start'), detail: { user: this.startupParams.user, tokenId: id.tokenId,
       application: this.startupParams.application_name, tls: this.tlsActive, claims: id.claims, groups: id.groups } });
     this.deps.log.info({ session: this.id, subject: id.subject, connection: this.connection.name, source: this.source }, 'postgres session opened');
     this.client.write(encode.authOk());
@@ -359,6 +361,7 @@ class PgSession {
         return this.refuseUnjudged(frame.type, '<fast-path function call>', 'fast-path function calls are not allowed through Airlock');
       case 'X':
         this.target?.end(frame.raw);
+        this.target = undefined; // ended gracefully: close() must not destroy it before Terminate is sent
         this.close();
         return;
       default:
@@ -373,14 +376,21 @@ class PgSession {
   private async check(text: string, opts: { auditAllowed?: boolean } = {}): Promise<{ verdict: Decision; info: SqlRequestInfo; event?: AuditEvent } | undefined> {
     const identity = this.identity!;
     if (!(await this.deps.isIdentityActive(identity))) {
-      this.deps.audit({ ...this.eventBase('statement'), statement: text, decision: 'deny', reason: 'token revoked or expired' });
+      this.deps.audit({ ...this.eventBase('statement'), statement: auditText(text), decision: 'deny', reason: 'token revoked or expired' });
       this.fatal('28000', 'airlock: the token of this session was revoked or has expired');
       return undefined;
     }
     const info = text.length > MAX_STATEMENT_CHARS
       ? { text, statements: [], parseError: `statement of ${text.length} characters is longer than the ${MAX_STATEMENT_CHARS} Airlock inspects` }
       : this.deps.classify(text);
-    const verdict = this.deps.decide(identity, this.request(info));
+    let verdict = this.deps.decide(identity, this.request(info));
+    if (verdict.action === 'allow' && verdict.masks.length && info.statements.some((st) => !st.baseline)) {
+      // Masking is not enforced on this data path yet: refusing is the only way not to return
+      // data that a policy says must be masked.
+      const by = [...new Set(verdict.masks.map((m) => m.policy))].join(', ');
+      verdict = { ...verdict, action: 'deny', policy: verdict.masks[0].policy, rule: 'mask',
+        reason: `policy ${by} requires masking, which this gateway cannot enforce yet: refused rather than returned unmasked` };
+    }
     if (verdict.action !== 'allow') {
       this.recordRefusal(text, info, verdict);
       return { verdict, info };
@@ -601,16 +611,14 @@ const MARKER_PATTERN = /airlock_refused_[0-9a-f]{24}/;
 class SessionGuardError extends Error {}
 
 /**
- * Client-only encodings in which a multi-byte character may end in a backslash or quote byte:
- * the server would split statements differently from the UTF-8 text the classifier saw.
+ * Client encodings whose bytes the gateway reads exactly as the target does: UTF-8 (the classifier
+ * decodes statements as UTF-8) and SQL_ASCII (no conversion; a UTF-8 database still requires
+ * valid UTF-8). In any other encoding the target would read characters, or even statement
+ * boundaries, differently from what the gateway judged.
  */
-const UNSAFE_ENCODINGS = new Set(['SJIS', 'SHIFTJIS', 'SHIFTJIS2004', 'MSKANJI', 'WIN932', 'CP932', 'WINDOWS932',
-  'BIG5', 'WIN950', 'CP950', 'WINDOWS950', 'GBK', 'WIN936', 'CP936', 'WINDOWS936', 'UHC', 'WIN949', 'CP949',
-  'WINDOWS949', 'GB18030', 'JOHAB']);
-
 export function isSafeClientEncoding(name: string): boolean {
-  // PostgreSQL ignores every non-alphanumeric character in encoding names ("S.JIS" is SJIS).
-  return !UNSAFE_ENCODINGS.has(name.toUpperCase().replace(/[^A-Z0-9]/g, ''));
+  // PostgreSQL ignores every non-alphanumeric character in encoding names ("UTF-8" is UTF8).
+  return ['UTF8', 'UNICODE', 'SQLASCII'].includes(name.toUpperCase().replace(/[^A-Z0-9]/g, ''));
 }
 
 /**

@@ -58,10 +58,6 @@ export class Pipeline {
     return this.entries.length;
   }
 
-  get head(): Entry | undefined {
-    return this.entries[0];
-  }
-
   // ---------- messages sent to the target ----------
 
   parse(name: string, text: string): void {
@@ -154,7 +150,9 @@ export class Pipeline {
    */
   failed(error: string): void {
     const e = this.entries[0];
-    if (!e) return;
+    // An error raised at Sync (a deferred constraint or serialization failure at the implicit
+    // commit) belongs to that Sync: its ReadyForQuery follows and ends it.
+    if (!e || e.kind === 'sync') return;
     if (e.kind === 'query') {
       if (e.tracked) e.tracked.error = error;
       return;

@@ -42,8 +42,12 @@ export function parsePgUrl(url: string): PgTarget {
   };
 }
 
-/** Client startup parameters passed through to the target; anything else (notably `options`) is dropped. */
-const FORWARDED_PARAMS = ['application_name', 'client_encoding', 'DateStyle', 'TimeZone', 'extra_float_digits', 'IntervalStyle'];
+/**
+ * Client startup parameters passed through to the target (names compared case-insensitively, as
+ * PostgreSQL does: libpq sends `datestyle` and `timezone` from PGDATESTYLE/PGTZ); anything else,
+ * notably `options`, is dropped.
+ */
+const FORWARDED_PARAMS = new Set(['application_name', 'client_encoding', 'datestyle', 'timezone', 'extra_float_digits', 'intervalstyle']);
 
 export interface TargetConnection {
   socket: net.Socket | tls.TLSSocket;
@@ -64,9 +68,9 @@ export async function connectTarget(target: PgTarget, clientParams: Record<strin
   const socket = await openSocket(target, timeoutMs);
   try {
     const params: Record<string, string> = { user: target.user, database: target.database };
-    for (const k of FORWARDED_PARAMS) if (clientParams[k] !== undefined) params[k] = clientParams[k];
+    for (const [k, v] of Object.entries(clientParams)) if (FORWARDED_PARAMS.has(k.toLowerCase())) params[k] = v;
     socket.write(encode.startup(params));
-    return await authenticate(socket, target, timeoutMs);
+    return await authenticate(socket, target, socket instanceof tls.TLSSocket, timeoutMs);
   } catch (err) {
     socket.destroy();
     throw err;
@@ -105,8 +109,9 @@ async function openSocket(target: PgTarget, timeoutMs: number): Promise<net.Sock
       servername: net.isIP(target.host) ? undefined : target.host,
       rejectUnauthorized: target.sslmode === 'verify-full',
     });
-    t.once('secureConnect', () => resolve(t));
-    t.once('error', (e) => reject(new TargetError(`TLS to target failed: ${e.message}`)));
+    const timer = setTimeout(() => t.destroy(new Error('handshake timed out')), timeoutMs);
+    t.once('secureConnect', () => { clearTimeout(timer); resolve(t); });
+    t.once('error', (e) => { clearTimeout(timer); reject(new TargetError(`TLS to target failed: ${e.message}`)); });
   });
 }
 
@@ -128,7 +133,7 @@ function readBytes(socket: net.Socket, n: number, timeoutMs: number): Promise<Bu
   });
 }
 
-function authenticate(socket: net.Socket, target: PgTarget, timeoutMs: number): Promise<TargetConnection> {
+function authenticate(socket: net.Socket, target: PgTarget, encrypted: boolean, timeoutMs: number): Promise<TargetConnection> {
   const reader = new FrameReader({ typed: true });
   let session: ({ mechanism: string; response: string }) | undefined;
   return new Promise((resolve, reject) => {
@@ -164,6 +169,11 @@ function authenticate(socket: net.Socket, target: PgTarget, timeoutMs: number): 
               cleanup();
               return resolve({ socket, leftover: reader.drain() });
             case 'cleartext':
+              // Under sslmode=prefer a man in the middle can decline TLS and ask for the password
+              // in clear: send it only over TLS, or when plain TCP was asked for explicitly.
+              if (!encrypted && target.sslmode !== 'disable') {
+                return fail(new TargetError('target asked for a cleartext password over an unencrypted connection (use sslmode=require, or sslmode=disable on a trusted network)'));
+              }
               socket.write(encode.password(target.password));
               break;
             case 'md5': {
