@@ -5,7 +5,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { loadConfig, parseHostPort } from '../config/config.ts';
+import { loadConfig } from '../config/config.ts';
 import { startGateway } from '../gateway/gateway.ts';
 import { LocalAgent } from '../agent/agent.ts';
 import { printBanner, waitForStop } from './format.ts';
@@ -234,14 +234,12 @@ policies:
         without_where: true
         message: UPDATE and DELETE need a WHERE clause
 `);
-  const listen = parseHostPort(opts.listen);
-  const api = parseHostPort(opts.api);
   fs.writeFileSync(path.join(dir, 'airlock.yaml'), `# Airlock demo configuration (see docs/configuration.md)
 data_dir: .
 policies: ./policies
 listeners:
-  postgres: ${listen.host}:${listen.port}
-  api: ${api.host}:${api.port}
+  postgres: "${opts.listen}"
+  api: "${opts.api}"
 agent:
   connections:
     - name: ${DEMO_DB}

@@ -36,13 +36,8 @@ export interface PgAdapterDeps {
   cancelTarget(connection: string, processId: number, secretKey: number): Promise<void>;
   audit(event: AuditEvent): void;
   log: { info(o: object, msg?: string): void; warn(o: object, msg?: string): void };
-  /** TLS for clients; when absent, SSLRequest is declined. */
+  /** TLS for clients; when absent, SSLRequest is declined (and only loopback clients can connect). */
   tls?: tls.SecureContextOptions;
-  /** Refuse non-loopback clients that did not negotiate TLS. Default true. */
-  requireTlsForRemote?: boolean;
-  /** Seconds a client has to complete startup and authentication. */
-  startupTimeoutSec?: number;
-  maxMessageBytes?: number;
 }
 
 /** A statement on its way to the target: recorded when the pipeline reports it finished. */
@@ -55,6 +50,8 @@ export const MAX_STATEMENT_CHARS = 1024 * 1024;
 /** PostgreSQL's own limit for startup packets; the password message before authentication gets a similar bound. */
 const MAX_STARTUP_PACKET = 10_000;
 const MAX_PASSWORD_MESSAGE = 64 * 1024;
+/** Time a client has to complete startup and authentication. */
+const STARTUP_TIMEOUT_MS = 30_000;
 
 /** Session registry keyed by the BackendKeyData the gateway handed out, for CancelRequest routing. */
 const sessionsByKey = new Map<string, PgSession>();
@@ -124,10 +121,7 @@ class PgSession {
 
   start(): void {
     this.attachClient(this.client);
-    this.startupTimer = setTimeout(
-      () => this.fatal('08006', 'startup and authentication did not complete in time'),
-      (this.deps.startupTimeoutSec ?? 30) * 1000,
-    );
+    this.startupTimer = setTimeout(() => this.fatal('08006', 'startup and authentication did not complete in time'), STARTUP_TIMEOUT_MS);
   }
 
   private attachClient(sock: net.Socket | tls.TLSSocket): void {
@@ -192,7 +186,7 @@ class PgSession {
     // minor version or for protocol options is told so, as PostgreSQL itself does.
     const options = Object.keys(pkt.params).filter((k) => k.startsWith('_pq_.'));
     if ((pkt.protocol & 0xffff) > 0 || options.length) this.client.write(encode.negotiateProtocolVersion(0, options));
-    if (!this.tlsActive && !isLoopback(this.client.remoteAddress) && this.deps.requireTlsForRemote !== false) {
+    if (!this.tlsActive && !isLoopback(this.client.remoteAddress)) {
       return this.fatal('28000', 'TLS is required for connections from other hosts (use sslmode=require)');
     }
     if (pkt.params.replication && pkt.params.replication !== 'false') {
@@ -245,7 +239,7 @@ class PgSession {
       return this.fatal('42501', `airlock: ${gate.reason}`);
     }
     this.phase = 'connecting';
-    this.clientReader.maxMessage = this.deps.maxMessageBytes ?? DEFAULT_MAX_MESSAGE;
+    this.clientReader.maxMessage = DEFAULT_MAX_MESSAGE;
     this.client.pause();
     let conn: TargetConnection;
     try {
