@@ -1,15 +1,5 @@
-// Small helpers for the command line: durations, tables, the start-up banner, stop signals.
+// Small helpers for the command line: tables, the start-up banner, stop signals.
 import { VERSION } from '../core/version.ts';
-
-/** Parses durations such as 90s, 30m, 1h, 7d, 2w (a bare number is seconds). */
-export function parseDuration(s: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)?$/.exec(s.trim());
-  if (!m) throw new Error(`invalid duration "${s}" (use e.g. 90s, 30m, 1h, 7d, 2w)`);
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h' | 'd' | 'w'];
-  const ms = Math.round(Number(m[1]) * unit);
-  if (ms <= 0) throw new Error(`duration must be positive: "${s}"`);
-  return ms;
-}
 
 /** Renders rows as an aligned text table. */
 export function formatTable(rows: Record<string, unknown>[]): string {

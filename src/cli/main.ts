@@ -1,13 +1,11 @@
 // The `airlock` command line. Wiring only: each command calls into the library.
-import fs from 'node:fs';
-import path from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import YAML from 'yaml';
-import { buildConfig, ConfigError, loadConfig, type AirlockConfig } from '../config/config.ts';
+import { loadConfig } from '../config/config.ts';
 import { VERSION } from '../core/version.ts';
 import { loadPolicyDir, formatProblems } from '../policy/loader.ts';
+import { durationMs } from '../policy/schema.ts';
 import type { Store } from '../store/store.ts';
-import { parseDuration, formatTable, printBanner, waitForStop } from './format.ts';
+import { formatTable, printBanner, waitForStop } from './format.ts';
 // The gateway, the demo and the store are imported where they are used, so that `--help`,
 // `policy check` and friends start fast.
 
@@ -65,16 +63,15 @@ token
   .option('--json', 'print JSON')
   .option(...configOption)
   .action(async (opts: { subject: string; groups: string; ttl: string; description?: string; json?: boolean; config: string }) => {
-    let ttlMs: number;
-    try {
-      ttlMs = parseDuration(opts.ttl);
-    } catch (err) {
-      throw new InvalidArgumentError(`--ttl: ${(err as Error).message}`);
-    }
-    if (Number.isNaN(new Date(Date.now() + ttlMs).getTime())) throw new InvalidArgumentError(`--ttl: duration "${opts.ttl}" is too long`);
+    const ttlMs = parseTtl(opts.ttl);
     const groups = opts.groups.split(',').map((g) => g.trim()).filter(Boolean);
+    const { TokenTtlTooLongError } = await import('../store/store.ts');
     await withStore(opts.config, async (store) => {
-      const { token: tok, record } = await store.createToken({ subject: opts.subject, groups, ttlMs, description: opts.description });
+      const { token: tok, record } = await store.createToken({ subject: opts.subject, groups, ttlMs, description: opts.description })
+        .catch((err: unknown) => {
+          if (err instanceof TokenTtlTooLongError) throw new InvalidArgumentError(`--ttl: duration "${opts.ttl}" is too long`);
+          throw err;
+        });
       store.appendAudit({ time: new Date().toISOString(), type: 'token.create', subject: record.subject,
         detail: { tokenId: record.id, groups: record.groups, expiresAt: record.expiresAt } });
       if (opts.json) console.log(JSON.stringify({ token: tok, ...record }, null, 2));
@@ -162,6 +159,14 @@ audit
     });
   });
 
+/** `--ttl`: 90s, 30m, 1h, 7d, 2w, compounds such as 1h30m; a bare number is seconds. */
+function parseTtl(text: string): number {
+  const ms = durationMs(text.trim());
+  if (ms === undefined) throw new InvalidArgumentError(`--ttl: invalid duration "${text}" (use e.g. 90s, 30m, 1h, 7d, 2w)`);
+  if (!(ms > 0)) throw new InvalidArgumentError(`--ttl: duration must be positive: "${text}"`);
+  return ms;
+}
+
 function positiveInt(v: string): number {
   const n = Number(v);
   if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer');
@@ -173,32 +178,10 @@ const oneLine = (s: string, max = 80) => {
   return t.length > max ? `${t.slice(0, max - 1)}…` : t;
 };
 
-/**
- * The config as far as the store needs it. Token and audit commands ignore `agent:`, so the
- * agent's connection secrets (`${VAR}`, `file:`) need not be available where they run.
- */
-function loadStoreConfig(configFile: string): AirlockConfig {
-  const file = path.resolve(configFile);
-  let raw: unknown;
-  try {
-    raw = YAML.parse(fs.readFileSync(file, 'utf8'));
-  } catch {
-    return loadConfig(configFile, { optional: configFile === 'airlock.yaml' }); // reports it as `up` does
-  }
-  if (raw && typeof raw === 'object' && !Array.isArray(raw)) {
-    const { agent: _agent, ...rest } = raw as Record<string, unknown>;
-    raw = rest;
-  }
-  try {
-    return buildConfig(raw, path.dirname(file));
-  } catch (e) {
-    if (e instanceof ConfigError) throw new ConfigError(`${file}: ${e.message}`);
-    throw e;
-  }
-}
-
 async function withStore<T>(configFile: string, fn: (store: Store) => Promise<T>): Promise<T> {
-  const config = loadStoreConfig(configFile);
+  // Token and audit commands ignore `agent:`, so the agent's connection secrets need not be
+  // available where they run.
+  const config = loadConfig(configFile, { optional: configFile === 'airlock.yaml', withoutAgent: true });
   const { openStore } = await import('../store/store.ts');
   const store = await openStore({ type: 'embedded', path: config.storePath });
   try {

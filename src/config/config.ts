@@ -9,7 +9,7 @@ import YAML from 'yaml';
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, 'expected host:port, e.g. 127.0.0.1:15432');
 
 const issuerSchema = z.strictObject({
-  issuer: z.string().url(),
+  issuer: z.string().min(1), // usually a URL; in-cluster issuers may not be (then set jwks_uri)
   audience: z.union([z.string(), z.array(z.string()).min(1)]),
   jwks_uri: z.string().url().optional(),
   groups_claim: z.string().optional(),
@@ -122,8 +122,18 @@ export function buildConfig(raw: unknown, baseDir: string, env: NodeJS.ProcessEn
   };
 }
 
+export interface LoadConfigOptions {
+  /** A missing file is not an error: defaults apply. */
+  optional?: boolean;
+  /**
+   * Ignore the `agent:` section, so that the agent's connection secrets (`${VAR}`, `file:`) need
+   * not be available (token and audit commands, which only need the store).
+   */
+  withoutAgent?: boolean;
+}
+
 /** Loads a config file. A missing file is an error unless `optional` (then defaults apply). */
-export function loadConfig(file: string | undefined, opts: { optional?: boolean } = {}): AirlockConfig {
+export function loadConfig(file: string | undefined, opts: LoadConfigOptions = {}): AirlockConfig {
   const resolvedFile = path.resolve(file ?? 'airlock.yaml');
   let text: string;
   try {
@@ -137,6 +147,10 @@ export function loadConfig(file: string | undefined, opts: { optional?: boolean 
     raw = YAML.parse(text, { prettyErrors: true });
   } catch (e) {
     throw new ConfigError(`${resolvedFile}: ${(e as Error).message}`);
+  }
+  if (opts.withoutAgent && raw && typeof raw === 'object' && !Array.isArray(raw)) {
+    const { agent: _agent, ...rest } = raw as Record<string, unknown>;
+    raw = rest;
   }
   try {
     return buildConfig(raw, path.dirname(resolvedFile));

@@ -45,7 +45,8 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
   const initial = policies.load();
   if (initial.problems.length) throw new PolicyInvalidError(initial.problems);
 
-  const store = await openStore({ type: 'embedded', path: config.storePath });
+  const store = await openStore({ type: 'embedded', path: config.storePath },
+    { onError: (err) => log.error({ err }, 'audit store write failed; events are kept and retried') });
   const audit = (e: AuditEvent) => store.appendAudit(e);
   const closers: (() => Promise<void>)[] = [];
   let api: FastifyInstance | undefined;

@@ -135,7 +135,7 @@ export function loadPolicyFiles(
   opts: { dir?: string; version?: string | (() => string) } = {},
 ): PolicyLoadResult {
   const dir = opts.dir ?? '.';
-  const sorted = [...files].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  const sorted = sortByPath(files);
   const problems: PolicyProblem[] = [];
   const connections: ConnectionInfo[] = [];
   const policies: Policy[] = [];
@@ -218,7 +218,7 @@ export function loadPolicyFiles(
   }
   if (problems.length) return { problems: sortProblems(problems) };
 
-  const version = typeof opts.version === 'function' ? opts.version() : opts.version ?? contentVersion(sorted);
+  const version = typeof opts.version === 'function' ? opts.version() : opts.version ?? hashSorted(sorted);
   return {
     bundle: { dir, version, connections, policies, files: sorted.map((f) => f.path), origins },
     problems: [],
@@ -238,12 +238,20 @@ export function formatProblems(problems: PolicyProblem[], dir?: string): string 
 // ---------------------------------------------------------------------------------------------
 // Version
 
+/** A copy of `files` sorted by path (code unit order, as `Array.prototype.sort()` sorts paths). */
+function sortByPath(files: PolicySourceFile[]): PolicySourceFile[] {
+  return [...files].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
 /** `sha256:<first 16 hex>` of the sorted relative paths and contents. */
 export function contentVersion(files: PolicySourceFile[]): string {
+  return hashSorted(sortByPath(files));
+}
+
+/** `contentVersion` of files already sorted by path. */
+function hashSorted(sorted: PolicySourceFile[]): string {
   const h = createHash('sha256');
-  for (const f of [...files].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0))) {
-    h.update(f.path).update('\0').update(f.content).update('\0');
-  }
+  for (const f of sorted) h.update(f.path).update('\0').update(f.content).update('\0');
   return `sha256:${h.digest('hex').slice(0, 16)}`;
 }
 

@@ -36,7 +36,8 @@ export const CONNECTION_SECRET_KEYS = [
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.:@/-]*$/;
 const CONNECTION_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
-const DURATION_RE = /^(?:\d+d)?(?:\d+h)?(?:\d+m)?(?:\d+s)?$/;
+const DURATION_RE = /^(?:\d+w)?(?:\d+d)?(?:\d+h)?(?:\d+m)?(?:\d+s)?$/;
+const DURATION_UNITS = { w: 604_800_000, d: 86_400_000, h: 3_600_000, m: 60_000, s: 1000 } as const;
 const HOURS_RE = /^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$/;
 const APPROVER_RE = /^(group|user):\S+$/;
 
@@ -45,15 +46,25 @@ const list = (values: readonly string[]) => values.join(', ');
 // ---------------------------------------------------------------------------------------------
 // Helpers shared by the schema and the evaluator
 
-/** Milliseconds of a duration such as `10m`, `1h30m`, `45s`, `2d`; undefined when invalid. */
-export function parseDuration(text: string): number | undefined {
-  if (!text || !DURATION_RE.test(text)) return undefined;
+/**
+ * Milliseconds of a duration such as `10m`, `1h30m`, `45s`, `2d`, `2w` (units in this order,
+ * each at most once); a bare number is seconds. 0 for a zero duration (`0s`, `0`), undefined
+ * when invalid. Policies use `parseDuration`; the CLI's `--ttl` uses this to tell "zero" from
+ * "invalid".
+ */
+export function durationMs(text: string): number | undefined {
+  if (!text) return undefined;
+  if (/^\d+$/.test(text)) return Number(text) * 1000;
+  if (!DURATION_RE.test(text)) return undefined;
   let ms = 0;
-  for (const m of text.matchAll(/(\d+)([dhms])/g)) {
-    const n = Number(m[1]);
-    ms += n * { d: 86_400_000, h: 3_600_000, m: 60_000, s: 1000 }[m[2] as 'd' | 'h' | 'm' | 's'];
-  }
-  return ms > 0 ? ms : undefined;
+  for (const m of text.matchAll(/(\d+)([wdhms])/g)) ms += Number(m[1]) * DURATION_UNITS[m[2] as keyof typeof DURATION_UNITS];
+  return ms;
+}
+
+/** Milliseconds of a positive duration (see `durationMs`); undefined when invalid or zero. */
+export function parseDuration(text: string): number | undefined {
+  const ms = durationMs(text);
+  return ms !== undefined && ms > 0 ? ms : undefined;
 }
 
 /** `[start, end]` minutes of the day of an `HH:MM-HH:MM` window; undefined when invalid. */

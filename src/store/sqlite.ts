@@ -16,6 +16,7 @@ import {
 } from '../identity/service-tokens.ts';
 import {
   sanitizeAuditEvent,
+  TokenTtlTooLongError,
   type AuditQuery,
   type CreateTokenInput,
   type ListTokensOptions,
@@ -25,7 +26,8 @@ import {
 
 /** Ordered migrations; version N is MIGRATIONS[N - 1]. Never edit a released one: append. */
 const MIGRATIONS: string[] = [
-  // 1: tokens, audit events, meta
+  // 1: tokens, audit events, meta (the meta table is no longer used; kept so that released
+  // migrations stay unchanged)
   `
   CREATE TABLE tokens (
     id          TEXT PRIMARY KEY,
@@ -70,6 +72,8 @@ const FLUSH_INTERVAL_MS = 50;
 const FLUSH_BATCH = 500;
 /** Beyond this many unwritten events (the database keeps failing), the oldest are dropped. */
 const MAX_BUFFERED = 200_000;
+/** Dropped at once on overflow, so that dropping is not O(buffer) on every append. */
+const DROP_CHUNK = MAX_BUFFERED / 10;
 const MAX_LIST_LIMIT = 10_000;
 
 interface TokenRow {
@@ -137,8 +141,6 @@ interface Statements {
   isActive: Database.Statement<[string, number]>;
   revoke: Database.Statement<[number, string]>;
   insertAudit: Database.Statement;
-  getMeta: Database.Statement<[string]>;
-  setMeta: Database.Statement<[string, string]>;
 }
 
 export interface SqliteStoreOptions {
@@ -197,10 +199,6 @@ export class SqliteStore implements Store {
           `INSERT INTO audit_events (time, type, session_id, subject, connection, decision, event_json)
            VALUES (@time, @type, @sessionId, @subject, @connection, @decision, @json)`,
         ),
-        getMeta: db.prepare(`SELECT value FROM meta WHERE key = ?`).pluck(),
-        setMeta: db.prepare(
-          `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`,
-        ),
       };
     }
     return this.st;
@@ -228,13 +226,6 @@ export class SqliteStore implements Store {
       .immediate();
   }
 
-  /** Current schema version (0 before migrate). */
-  schemaVersion(): number {
-    const has = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'`).get();
-    if (!has) return 0;
-    return (this.db.prepare(`SELECT max(version) FROM schema_version`).pluck().get() as number | null) ?? 0;
-  }
-
   // ------------------------------------------------------------------------------- tokens
 
   async createToken(input: CreateTokenInput): Promise<{ token: string; record: TokenRecord }> {
@@ -243,7 +234,7 @@ export class SqliteStore implements Store {
     if (!Array.isArray(input.groups) || !input.groups.every((g) => typeof g === 'string' && g !== '')) {
       throw new Error('token groups must be non-empty strings');
     }
-    if (typeof input.ttlMs !== 'number' || !Number.isFinite(input.ttlMs) || input.ttlMs <= 0) {
+    if (typeof input.ttlMs !== 'number' || Number.isNaN(input.ttlMs) || input.ttlMs <= 0) {
       throw new Error('token ttl must be a positive number of milliseconds');
     }
     if (input.description !== undefined && typeof input.description !== 'string') {
@@ -252,7 +243,7 @@ export class SqliteStore implements Store {
     const groups = [...new Set(input.groups)];
     const now = Date.now();
     const expires = now + Math.round(input.ttlMs);
-    if (Number.isNaN(new Date(expires).getTime())) throw new Error('token ttl is too long');
+    if (Number.isNaN(new Date(expires).getTime())) throw new TokenTtlTooLongError(); // also Infinity
     for (let attempt = 0; ; attempt++) {
       const { id, token, secretHash } = generateServiceToken();
       try {
@@ -323,12 +314,8 @@ export class SqliteStore implements Store {
     };
   }
 
+  /** One prepared point lookup, a few microseconds. */
   async isTokenActive(id: string): Promise<boolean> {
-    return this.isTokenActiveSync(id);
-  }
-
-  /** Synchronous form of `isTokenActive` (one prepared point lookup, a few microseconds). */
-  isTokenActiveSync(id: string): boolean {
     if (typeof id !== 'string') return false;
     return this.s.isActive.get(id, Date.now()) !== undefined;
   }
@@ -358,7 +345,7 @@ export class SqliteStore implements Store {
     }
     this.buffer.push(pending);
     if (this.buffer.length > MAX_BUFFERED) {
-      const drop = this.buffer.length - MAX_BUFFERED;
+      const drop = Math.max(this.buffer.length - MAX_BUFFERED, DROP_CHUNK);
       this.buffer.splice(0, drop);
       this.droppedEvents += drop;
     }
@@ -472,17 +459,6 @@ export class SqliteStore implements Store {
     const rows = this.db.prepare(sql).all(...params) as { id: number; event_json: string }[];
     if (!forward) rows.reverse();
     return rows.map((r) => ({ id: r.id, ...(JSON.parse(r.event_json) as AuditEvent) }));
-  }
-
-  // --------------------------------------------------------------------------------- meta
-
-  async getMeta(key: string): Promise<string | undefined> {
-    return (this.s.getMeta.get(key) as string | undefined) ?? undefined;
-  }
-
-  async setMeta(key: string, value: string): Promise<void> {
-    if (typeof value !== 'string') throw new Error('meta values must be strings');
-    this.s.setMeta.run(key, value);
   }
 
   // ---------------------------------------------------------------------------- lifecycle

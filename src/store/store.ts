@@ -1,4 +1,4 @@
-// The store: tokens, audit events and small metadata. Async so that a PostgreSQL
+// The store: tokens and audit events. Async so that a PostgreSQL
 // implementation can sit behind the same interface; the embedded one is in ./sqlite.ts.
 
 import type { AuditEvent, Identity } from '../core/types.ts';
@@ -52,7 +52,10 @@ export interface AuditQuery {
 export interface Store {
   /** Creates or upgrades the schema. Idempotent, safe to run from several processes. */
   migrate(): Promise<void>;
-  /** Issues a token. The returned `token` is the only copy of the secret: show it once. */
+  /**
+   * Issues a token. The returned `token` is the only copy of the secret: show it once.
+   * Throws `TokenTtlTooLongError` when the expiry would be beyond the representable dates.
+   */
   createToken(input: CreateTokenInput): Promise<{ token: string; record: TokenRecord }>;
   /** Oldest first. Without options, only active (unrevoked, unexpired) tokens. */
   listTokens(opts?: ListTokensOptions): Promise<TokenRecord[]>;
@@ -79,19 +82,30 @@ export interface Store {
   flush(): Promise<void>;
   /** Newest last. Includes events still queued in this process (it flushes first). */
   listAudit(q?: AuditQuery): Promise<AuditEvent[]>;
-  getMeta(key: string): Promise<string | undefined>;
-  setMeta(key: string, value: string): Promise<void>;
   /** Flushes, then closes. Idempotent. */
   close(): Promise<void>;
 }
 
 export type StoreSpec = { type: 'embedded'; path: string };
 
+export interface OpenStoreOptions {
+  /** Called when a background audit write fails (default: console.error). */
+  onError?: (err: unknown) => void;
+}
+
+/** Thrown by `createToken` when the ttl puts the expiry beyond the representable dates. */
+export class TokenTtlTooLongError extends RangeError {
+  constructor() {
+    super('token ttl is too long');
+    this.name = 'TokenTtlTooLongError';
+  }
+}
+
 /** Opens (creating if needed) and migrates a store. */
-export async function openStore(spec: StoreSpec): Promise<Store> {
+export async function openStore(spec: StoreSpec, opts: OpenStoreOptions = {}): Promise<Store> {
   if (spec.type === 'embedded') {
     const { SqliteStore } = await import('./sqlite.ts');
-    const store = new SqliteStore(spec.path);
+    const store = new SqliteStore(spec.path, { onError: opts.onError });
     await store.migrate();
     return store;
   }
@@ -159,16 +173,4 @@ export function sanitizeAuditEvent(event: AuditEvent): AuditEvent {
   const copy = walk(event, 0) as AuditEvent;
   delete copy.id; // ids are assigned by the store
   return copy;
-}
-
-/** Parses a duration like "90s", "15m", "1h", "7d", "2w" (or plain milliseconds) to ms. */
-export function parseDurationMs(text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$/i.exec(text);
-  if (!m) throw new Error(`invalid duration "${text}" (examples: 30m, 1h, 7d)`);
-  const n = Number(m[1]);
-  const unit = (m[2] ?? 'ms').toLowerCase();
-  const mult: Record<string, number> = { ms: 1, s: 1e3, m: 60e3, h: 3600e3, d: 86400e3, w: 604800e3 };
-  const ms = Math.round(n * mult[unit]!);
-  if (!(ms > 0)) throw new Error(`duration must be positive: "${text}"`);
-  return ms;
 }

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { buildConfig, ConfigError, resolveSecrets } from '../../src/config/config.ts';
+import { buildConfig, ConfigError, loadConfig, resolveSecrets } from '../../src/config/config.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'airlock-config-'));
 
@@ -33,4 +33,23 @@ test('unknown keys, bad addresses and duplicate connections are refused with the
   assert.throws(() => buildConfig({ listeners: { postgres: 'localhost' } }, dir), /listeners\.postgres: expected host:port/);
   assert.throws(() => buildConfig({ agent: { connections: [{ name: 'a', url: 'x' }, { name: 'a', url: 'y' }] } }, dir),
     /duplicate connection name "a"/);
+});
+
+test('loadConfig: withoutAgent ignores agent: (its secrets need not resolve); optional tolerates a missing file', () => {
+  const file = path.join(dir, 'agent-unset.yaml');
+  fs.writeFileSync(file, 'data_dir: ./d\nagent:\n  connections:\n    - name: a\n      url: postgres://u:${AIRLOCK_CONFIG_TEST_UNSET_VAR}@db/x\n');
+  assert.throws(() => loadConfig(file), (e: Error) => e instanceof ConfigError
+    && e.message === `${file}: agent.connections[0].url: environment variable AIRLOCK_CONFIG_TEST_UNSET_VAR is not set`);
+  const c = loadConfig(file, { withoutAgent: true });
+  assert.deepEqual(c.connections, []);
+  assert.equal(c.storePath, path.join(dir, 'd', 'airlock.db'));
+  // The rest of the file is still checked, and errors name the file.
+  fs.writeFileSync(file, 'listner: {}\nagent: { connections: [] }\n');
+  assert.throws(() => loadConfig(file, { withoutAgent: true }), (e: Error) => e instanceof ConfigError && e.message.startsWith(`${file}: invalid configuration:`));
+  fs.writeFileSync(file, 'a: [\n');
+  assert.throws(() => loadConfig(file, { withoutAgent: true }), (e: Error) => e instanceof ConfigError && e.message.startsWith(`${file}: `));
+
+  const missing = path.join(dir, 'missing.yaml');
+  assert.throws(() => loadConfig(missing, { withoutAgent: true }), /cannot read config file .*missing\.yaml: ENOENT/);
+  assert.equal(loadConfig(missing, { optional: true, withoutAgent: true }).storePath, path.join(dir, '.airlock', 'airlock.db'));
 });

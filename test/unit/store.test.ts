@@ -8,8 +8,9 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import type { AuditEvent } from '../../src/core/types.ts';
 import { ServiceTokenError } from '../../src/identity/service-tokens.ts';
-import { openStore, parseDurationMs, type Store } from '../../src/store/store.ts';
+import { openStore, TokenTtlTooLongError, type Store } from '../../src/store/store.ts';
 import { SqliteStore } from '../../src/store/sqlite.ts';
+import { durationMs, parseDuration } from '../../src/policy/schema.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'airlock-store-test-'));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -113,6 +114,9 @@ test('createToken validates its input', async () => {
     await assert.rejects(s.createToken({ subject: 'x', groups: [], ttlMs: 1e16 }), /too long/);
     await assert.rejects(s.createToken({ subject: 'x', groups: [], ttlMs: Number.NaN }));
     await assert.rejects(s.createToken({ subject: 'x', groups: [], ttlMs: Infinity }));
+    // The CLI turns this error into its `--ttl ... is too long` message.
+    await assert.rejects(s.createToken({ subject: 'x', groups: [], ttlMs: 1e16 }), TokenTtlTooLongError);
+    await assert.rejects(s.createToken({ subject: 'x', groups: [], ttlMs: Infinity }), TokenTtlTooLongError);
     assert.deepEqual(await s.listTokens({ includeExpired: true, includeRevoked: true }), []);
   });
 });
@@ -192,7 +196,6 @@ test('the database file never contains a token secret', async () => {
       }),
     );
   }
-  await s.setMeta('k', 'v');
   await s.flush();
   await s.close();
   const dir = join(path, '..');
@@ -459,6 +462,40 @@ test('audit: appendAudit after close neither throws nor writes', async () => {
   await s2.close();
 });
 
+test('openStore passes onError to the store (audit write failures go to the caller)', async () => {
+  const errors: unknown[] = [];
+  const s = await openStore({ type: 'embedded', path: dbPath() }, { onError: (e) => errors.push(e) });
+  await s.close();
+  s.appendAudit(ev({ subject: 'after close' }));
+  assert.equal(errors.length, 1);
+  assert.match(String(errors[0]), /appended after the store was closed/);
+});
+
+test('audit: past 200000 unwritten events the oldest are dropped in chunks of 20000, and counted', async () => {
+  const errors: unknown[] = [];
+  const s = new SqliteStore(':memory:', { onError: (e) => errors.push(e) });
+  await s.migrate();
+  try {
+    // Synchronous appends: nothing is written in between.
+    for (let i = 0; i < 200_000; i++) s.appendAudit(ev({ subject: `e${i}` }));
+    assert.equal(s.pendingAuditEvents, 200_000);
+    s.appendAudit(ev({ subject: 'e200000' }));
+    assert.equal(s.pendingAuditEvents, 180_001, 'one chunk dropped');
+    for (let i = 200_001; i < 220_000; i++) s.appendAudit(ev({ subject: `e${i}` }));
+    assert.equal(s.pendingAuditEvents, 200_000, 'no drop until the cap is passed again');
+    s.appendAudit(ev({ subject: 'e220000' }));
+    assert.equal(s.pendingAuditEvents, 180_001);
+    s.flushSync();
+    assert.equal(errors.length, 1);
+    assert.match(String(errors[0]), /40000 audit events were dropped/);
+    const [first] = await s.listAudit({ sinceId: 0, limit: 1 });
+    assert.equal(first!.subject, 'e40000', 'the oldest were dropped');
+    assert.deepEqual((await s.listAudit({ limit: 1 })).map((e) => e.subject), ['e220000']);
+  } finally {
+    await s.close();
+  }
+});
+
 test('audit: queued events are written if the process exits without close', async () => {
   const path = dbPath();
   const script = `
@@ -479,13 +516,10 @@ test('migrate is idempotent and records the schema version once per migration', 
   await s.migrate();
   await s.migrate();
   const { record } = await s.createToken({ subject: 'keep', groups: [], ttlMs: 60_000 });
-  await s.setMeta('tls.cert', 'PEM');
   await s.close();
   const s2 = (await openStore({ type: 'embedded', path })) as SqliteStore;
   await s2.migrate();
-  assert.equal(s2.schemaVersion(), 1);
   assert.deepEqual((await s2.listTokens()).map((r) => r.id), [record.id]);
-  assert.equal(await s2.getMeta('tls.cert'), 'PEM');
   await s2.close();
   const raw = new Database(path, { readonly: true });
   assert.deepEqual(raw.prepare('SELECT version FROM schema_version').pluck().all(), [1]);
@@ -502,26 +536,17 @@ test('a newer schema than this build is refused', async () => {
   await assert.rejects(openStore({ type: 'embedded', path }), /newer/);
 });
 
-test('meta get/set', async () => {
-  await withStore(async (s) => {
-    assert.equal(await s.getMeta('missing'), undefined);
-    await s.setMeta('gateway.tls', '-----BEGIN CERTIFICATE-----\n...');
-    assert.equal(await s.getMeta('gateway.tls'), '-----BEGIN CERTIFICATE-----\n...');
-    await s.setMeta('gateway.tls', 'replaced');
-    assert.equal(await s.getMeta('gateway.tls'), 'replaced');
-    await s.setMeta('empty', '');
-    assert.equal(await s.getMeta('empty'), '');
-  });
-});
-
-test('parseDurationMs', () => {
-  assert.equal(parseDurationMs('1h'), 3600_000);
-  assert.equal(parseDurationMs('30m'), 1800_000);
-  assert.equal(parseDurationMs('7d'), 7 * 86400_000);
-  assert.equal(parseDurationMs('90s'), 90_000);
-  assert.equal(parseDurationMs('1.5h'), 5400_000);
-  assert.equal(parseDurationMs('250'), 250);
-  assert.throws(() => parseDurationMs('0h'));
-  assert.throws(() => parseDurationMs('soon'));
-  assert.throws(() => parseDurationMs('-1h'));
+test('token ttl durations (`token create --ttl`) use the policy duration parser', () => {
+  assert.equal(durationMs('1h'), 3600_000);
+  assert.equal(durationMs('30m'), 1800_000);
+  assert.equal(durationMs('7d'), 7 * 86400_000);
+  assert.equal(durationMs('90s'), 90_000);
+  assert.equal(durationMs('2w'), 14 * 86400_000);
+  assert.equal(durationMs('1w2d3h4m5s'), ((((7 + 2) * 24 + 3) * 60 + 4) * 60 + 5) * 1000);
+  assert.equal(durationMs('90'), 90_000, 'a bare number is seconds');
+  assert.equal(durationMs('0h'), 0);
+  assert.equal(durationMs('0'), 0);
+  assert.equal(parseDuration('0h'), undefined, 'policies need a positive duration');
+  assert.equal(parseDuration('2w'), 14 * 86400_000);
+  for (const bad of ['', 'soon', '-1h', '1.5h', '1 h', 'h', '1m1h', '1h1h', '1H']) assert.equal(durationMs(bad), undefined, bad);
 });

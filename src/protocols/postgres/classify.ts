@@ -444,13 +444,6 @@ function settingValue(args: unknown): string | undefined {
 // ---------------------------------------------------------------------------------------------
 // Statements
 
-/** Statement types that do not change anything by themselves (their parts may). */
-const READ_TYPES = new Set([
-  'SelectStmt', 'VariableShowStmt', 'ExplainStmt', 'CopyStmt', 'PrepareStmt', 'DeallocateStmt',
-  'DeclareCursorStmt', 'FetchStmt', 'ClosePortalStmt', 'TransactionStmt', 'ConstraintsSetStmt',
-  'ListenStmt', 'UnlistenStmt', 'DiscardStmt', 'VariableSetStmt',
-]);
-
 /** A statement in statement position: the top level, or the inner statement of EXPLAIN/PREPARE/COPY/DECLARE. */
 function statementAt(type: string, body: Ast, ctx: Ctx, col: Collector): void {
   if (type === 'SelectStmt') selectStmt(body, asQuery(ctx), col, true);
@@ -554,7 +547,7 @@ function otherStatement(type: string, b: Ast, ctx: Ctx, col: Collector): void {
   const kind = topKind(type, b);
   col.sql(kind);
   if (kind === 'other') col.notWrite(`unrecognised statement type ${type}`);
-  else if (!READ_TYPES.has(type)) col.notWrite(`${describeType(type, kind)} changes the database`);
+  else col.notWrite(`${describeType(type, kind)} changes the database`);
   const mode: Mode = kind === 'grant' || kind === 'revoke' || kind === 'comment' || kind === 'security_label' ? 'none' : 'write';
   // Objects named as lists of names (DROP TABLE a, b; COMMENT ON TABLE t).
   if ((type === 'DropStmt' && RELATION_OBJECTS.has(b.removeType)) ||

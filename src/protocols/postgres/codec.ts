@@ -348,22 +348,10 @@ export const encode = {
     message('v', int32(newestMinor), int32(unsupportedOptions.length), ...unsupportedOptions),
   authOk: (): Buffer => message('R', int32(0)),
   authCleartext: (): Buffer => message('R', int32(3)),
-  parameterStatus: (name: string, value: string): Buffer => message('S', name, value),
   backendKeyData: (processId: number, secretKey: number): Buffer => message('K', int32(processId), int32(secretKey)),
   readyForQuery: (status: string): Buffer => message('Z', Buffer.from(status)),
   commandComplete: (tag: string): Buffer => message('C', tag),
-  emptyQuery: (): Buffer => message('I'),
   errorResponse: (fields: ErrorFields): Buffer => message('E', fieldsBody(fields)),
-  notice: (fields: ErrorFields): Buffer => message('N', fieldsBody(fields)),
-  rowDescription(columns: { name: string; typeOid?: number }[]): Buffer {
-    const cols = columns.map((c) =>
-      Buffer.concat([cstr(c.name), int32(0), int16(0), int32(c.typeOid ?? 25), int16(-1), int32(-1), int16(0)]));
-    return message('T', int16(columns.length), ...cols);
-  },
-  dataRow(values: (string | null)[]): Buffer {
-    const parts = values.flatMap((v) => (v === null ? [int32(-1)] : [int32(Buffer.byteLength(v)), Buffer.from(v)]));
-    return message('D', int16(values.length), ...parts);
-  },
 };
 
 function fieldsBody(fields: ErrorFields): Buffer {
