@@ -52,7 +52,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     fs.writeFileSync(path.join(dir, 'secrets', 'analytics.url'), targetUrl + '\n', { mode: 0o600 });
 
     // 3. Policies and config.
-    step('writing example policies and config');
+    step('writing example policies (kept if present) and config');
     writeDemoFiles(dir, opts);
     const config = loadConfig(path.join(dir, 'airlock.yaml'));
 
@@ -202,13 +202,17 @@ FROM generate_series(1, 40) AS i WHERE NOT EXISTS (SELECT 1 FROM orders);
 function writeDemoFiles(dir: string, opts: DemoOptions): void {
   const policies = path.join(dir, 'policies');
   fs.mkdirSync(policies, { recursive: true });
-  fs.writeFileSync(path.join(policies, 'connections.yaml'), `# Connections: names, types and tags. Credentials live with the agent (airlock.yaml), never here.
+  // Policy files are written once: edits made during an earlier run are kept.
+  const writeOnce = (file: string, text: string) => {
+    if (!fs.existsSync(file)) fs.writeFileSync(file, text);
+  };
+  writeOnce(path.join(policies, 'connections.yaml'), `# Connections: names, types and tags. Credentials live with the agent (airlock.yaml), never here.
 connections:
   - name: ${DEMO_DB}
     type: postgres
     tags: { env: demo, team: data }
 `);
-  fs.writeFileSync(path.join(policies, 'demo.yaml'), `# Demo policies: edit this file while the demo runs; changes apply at once.
+  writeOnce(path.join(policies, 'demo.yaml'), `# Demo policies: edit this file while the demo runs; changes apply at once.
 policies:
   - name: ci-read-analytics
     description: CI may read analytics, never change it
