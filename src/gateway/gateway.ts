@@ -130,6 +130,7 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
         closed = true;
         policies.close();
         for (const close of closers) await close();
+        agent.close();
         await api?.close();
         await store.close();
       },

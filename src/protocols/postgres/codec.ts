@@ -259,6 +259,39 @@ export function decodeBackendKey(body: Buffer): { processId: number; secretKey: 
   return { processId: r.int32(), secretKey: r.int32() };
 }
 
+/** One column of a RowDescription. `tableOid`/`column` are 0 for computed columns. */
+export interface FieldDescription {
+  name: string;
+  tableOid: number;
+  column: number;
+  typeOid: number;
+  typeLen: number;
+  typeMod: number;
+  /** 0 text, 1 binary. */
+  format: number;
+}
+
+export function decodeRowDescription(body: Buffer): FieldDescription[] {
+  const r = new BodyReader(body);
+  const fields: FieldDescription[] = [];
+  for (let i = 0, n = r.int16(); i < n; i++) {
+    fields.push({ name: r.cstring(), tableOid: r.int32() >>> 0, column: r.int16(), typeOid: r.int32() >>> 0,
+      typeLen: r.int16(), typeMod: r.int32(), format: r.int16() });
+  }
+  return fields;
+}
+
+/** DataRow values: raw bytes per column, null for SQL NULL. */
+export function decodeDataRow(body: Buffer): (Buffer | null)[] {
+  const r = new BodyReader(body);
+  const values: (Buffer | null)[] = [];
+  for (let i = 0, n = r.int16(); i < n; i++) {
+    const len = r.int32();
+    values.push(len < 0 ? null : r.bytes(len));
+  }
+  return values;
+}
+
 /** ReadyForQuery status: 'I' idle, 'T' in transaction, 'E' failed transaction. */
 export const decodeReadyStatus = (body: Buffer): string => String.fromCharCode(body[0] ?? 0x49);
 
@@ -350,6 +383,14 @@ export const encode = {
   authCleartext: (): Buffer => message('R', int32(3)),
   backendKeyData: (processId: number, secretKey: number): Buffer => message('K', int32(processId), int32(secretKey)),
   readyForQuery: (status: string): Buffer => message('Z', Buffer.from(status)),
+  dataRow(values: (Buffer | null)[]): Buffer {
+    const parts: Buffer[] = [int16(values.length)];
+    for (const v of values) {
+      if (v === null) parts.push(int32(-1));
+      else parts.push(int32(v.length), v);
+    }
+    return message('D', ...parts);
+  },
   commandComplete: (tag: string): Buffer => message('C', tag),
   errorResponse: (fields: ErrorFields): Buffer => message('E', fieldsBody(fields)),
 };

@@ -4,7 +4,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
-import { FrameReader, decodeAuth, decodeErrorFields, encode, type Frame } from './codec.ts';
+import { FrameReader, decodeAuth, decodeDataRow, decodeErrorFields, encode, type Frame } from './codec.ts';
 
 const require = createRequire(import.meta.url);
 // pg's SCRAM client: a well-kept implementation of RFC 5802 (with SASLprep).
@@ -206,5 +206,47 @@ function authenticate(socket: net.Socket, target: PgTarget, encrypted: boolean, 
       }
     };
     socket.on('data', onData).once('close', onClose).once('error', onError);
+  });
+}
+
+/**
+ * Runs one simple query on an authenticated target connection (the agent's own catalog lookups)
+ * and returns the rows as text; with `sql` undefined, only waits for the ReadyForQuery that ends
+ * the connection's start-up. Rejects with the target's error message.
+ */
+export function queryTarget(conn: TargetConnection, sql: string | undefined, timeoutMs = 10_000): Promise<(string | null)[][]> {
+  const reader = new FrameReader({ typed: true });
+  reader.push(conn.leftover);
+  conn.leftover = Buffer.alloc(0);
+  const rows: (string | null)[][] = [];
+  let error: string | undefined;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => done(new TargetError('catalog query timed out')), timeoutMs);
+    const onData = (chunk: Buffer) => {
+      reader.push(chunk);
+      pump();
+    };
+    const onClose = () => done(new TargetError('target connection closed'));
+    function done(err?: Error) {
+      clearTimeout(timer);
+      conn.socket.off('data', onData).off('close', onClose).off('error', onClose);
+      conn.leftover = reader.drain();
+      if (err) reject(err);
+      else resolve(rows);
+    }
+    function pump() {
+      try {
+        for (let f = reader.next(); f; f = reader.next()) {
+          if (f.type === 'D') rows.push(decodeDataRow(f.body).map((v) => (v === null ? null : v.toString('utf8'))));
+          else if (f.type === 'E') error = decodeErrorFields(f.body).M ?? 'error';
+          else if (f.type === 'Z') return done(error === undefined ? undefined : new TargetError(error));
+        }
+      } catch (e) {
+        done(e as Error);
+      }
+    }
+    conn.socket.on('data', onData).once('close', onClose).once('error', onClose);
+    if (sql !== undefined) conn.socket.write(encode.query(sql));
+    pump();
   });
 }
