@@ -34,6 +34,7 @@ export const configSchema = z.strictObject({
   tls: z.strictObject({ cert: z.string(), key: z.string() }).optional(),
   identity: z.strictObject({ issuers: z.array(issuerSchema).default([]) }).default({ issuers: [] }),
   agent: z.strictObject({ connections: z.array(connectionSchema).default([]) }).default({ connections: [] }),
+  masking: z.strictObject({ hash_key: z.string().min(16, 'hash_key must have at least 16 characters') }).optional(),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
     .default({ level: 'info' }),
 });
@@ -51,6 +52,8 @@ export interface AirlockConfig {
   issuers: RawConfig['identity']['issuers'];
   connections: { name: string; url: string }[];
   logLevel: RawConfig['log']['level'];
+  /** Key of the `hash` mask strategy; generated once into the data directory when not configured. */
+  maskingHashKey?: string;
 }
 
 export interface HostPort { host: string; port: number }
@@ -119,6 +122,7 @@ export function buildConfig(raw: unknown, baseDir: string, env: NodeJS.ProcessEn
     issuers: c.identity.issuers,
     connections: c.agent.connections,
     logLevel: c.log.level,
+    maskingHashKey: c.masking?.hash_key,
   };
 }
 

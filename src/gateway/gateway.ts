@@ -4,7 +4,11 @@ import { once } from 'node:events';
 import pino, { type Logger } from 'pino';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { AirlockConfig, HostPort } from '../config/config.ts';
-import type { AuditEvent, ConnectionInfo, Identity } from '../core/types.ts';
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { AuditEvent, ConnectionInfo, Identity, MaskRuleRef } from '../core/types.ts';
+import { Masker } from '../masking/engine.ts';
 import { openStore, type Store } from '../store/store.ts';
 import { PolicyHolder } from '../policy/watch.ts';
 import { evaluate } from '../policy/evaluate.ts';
@@ -97,6 +101,8 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
       policyVersion: () => bundle().version,
       openTarget: (name, params) => agent.open(name, params),
       cancelTarget: (name, pid, key) => agent.cancel(name, pid, key),
+      tableNames: (name, oids) => agent.tableNames(name, oids),
+      masker: maskers(loadOrCreateHashKey(config)),
       audit,
       log,
       tls: { cert: tls.cert, key: tls.key },
@@ -141,6 +147,35 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
     await api?.close();
     await store.close();
     throw err;
+  }
+}
+
+/** One masking engine per distinct set of mask rules (policies are few; decisions are many). */
+function maskers(hashKey: Buffer): (rules: MaskRuleRef[]) => Masker | undefined {
+  const cache = new Map<string, Masker>();
+  return (rules) => {
+    if (rules.length === 0) return undefined;
+    const key = JSON.stringify(rules);
+    let m = cache.get(key);
+    if (!m) {
+      if (cache.size >= 1000) cache.clear();
+      cache.set(key, (m = new Masker(rules, { hashKey })));
+    }
+    return m;
+  };
+}
+
+/** The `hash` strategy's key: from config, or generated once and kept in the data directory. */
+function loadOrCreateHashKey(config: AirlockConfig): Buffer {
+  if (config.maskingHashKey) return Buffer.from(config.maskingHashKey, 'utf8');
+  const file = path.join(config.dataDir, 'masking.key');
+  try {
+    return Buffer.from(fs.readFileSync(file, 'utf8').trim(), 'base64');
+  } catch {
+    const key = randomBytes(32);
+    fs.mkdirSync(config.dataDir, { recursive: true });
+    fs.writeFileSync(file, key.toString('base64') + '\n', { mode: 0o600 });
+    return key;
   }
 }
 

@@ -409,12 +409,12 @@ test('a target the agent cannot reach: the client gets 08006 at once, no secret,
   assert.match(refused.reason ?? '', /target unavailable: cannot reach target 127\.0\.0\.1:1/);
 });
 
-test('mask rules fail closed until masking is enforced: data statements are refused, session statements work', async () => {
+test('mask rules apply: the named column comes back masked, session statements work', async () => {
   const masked = (await gw.token('masked-bot', ['masked'])).token;
-  const r = await psql(gw.conninfo('analytics', 'masked-bot'), masked, 'SELECT card_number FROM customers');
-  assert.notEqual(r.code, 0);
-  assert.match(r.stderr, /requires masking, which this gateway cannot enforce yet/);
-  assert.doesNotMatch(r.stdout, /4111/);
+  const r = await psql(gw.conninfo('analytics', 'masked-bot'), masked, 'SELECT card_number FROM customers WHERE id = 1');
+  assert.equal(r.code, 0, r.stderr);
+  assert.notEqual(r.stdout.trim(), '4111 1111 1111 1111');
+  assert.match(r.stdout.trim(), /1111$/);
   const tx = await psql(gw.conninfo('analytics', 'masked-bot'), masked, "BEGIN; SET application_name = 'm'; COMMIT");
   assert.equal(tx.code, 0, tx.stderr);
 });

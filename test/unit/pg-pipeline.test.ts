@@ -118,3 +118,30 @@ test('answers out of order are a protocol error', () => {
   p.bind('', 'SELECT 1');
   assert.throws(() => p.confirmed('1'), /out of order/);
 });
+
+test('row descriptions follow statements and portals: Describe S, Bind with result formats, Execute', () => {
+  const { p } = setup();
+  const field = (name: string) => ({ name, tableOid: 16384, column: 1, typeOid: 25, typeLen: -1, typeMod: -1, format: 0 });
+  p.parse('s1', 'SELECT a, b FROM t');
+  p.describe('S', 's1');
+  p.sync();
+  p.confirmed('1');
+  p.described([field('a'), field('b')]);
+  p.ready(true);
+  const exec: Tracked = { started: 0 };
+  p.bind('', 'SELECT a, b FROM t', 's1', [1]);
+  p.execute(exec, undefined, '');
+  p.sync();
+  p.confirmed('2');
+  const cur = p.current();
+  assert.equal(cur?.tracked, exec);
+  assert.deepEqual(cur?.fields?.map((f) => [f.name, f.format]), [['a', 1], ['b', 1]], 'one result format applies to all columns');
+  p.completed(1, true); // the Execute's CommandComplete
+  p.ready(true); // its Sync
+  assert.equal(p.pending, 0);
+  const q: Tracked = { started: 0 };
+  p.query(q);
+  p.described([field('x')]);
+  assert.equal(p.current()?.tracked, q);
+  assert.equal(p.current()?.fields?.[0].name, 'x', 'a simple Query is described by its own RowDescription');
+});

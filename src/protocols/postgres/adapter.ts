@@ -11,11 +11,12 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { randomBytes, randomInt } from 'node:crypto';
-import type { AuditEvent, ConnectionInfo, Decision, Identity, Request, SqlRequestInfo } from '../../core/types.ts';
+import type { AuditEvent, ConnectionInfo, Decision, Identity, MaskRuleRef, Request, SqlRequestInfo } from '../../core/types.ts';
+import type { ColumnPlan, Masker } from '../../masking/engine.ts';
 import {
-  DEFAULT_MAX_MESSAGE, FrameReader, ProtocolError, decodeBackendKey, decodeBind, decodeCommandTag, decodeErrorFields,
-  decodeExecute, decodeParameterStatus, decodeParse, decodeQuery, decodeReadyStatus, decodeStartup, decodeTarget, encode,
-  errorFields, rowsFromTag, type ErrorFields, type Frame,
+  DEFAULT_MAX_MESSAGE, FrameReader, ProtocolError, decodeBackendKey, decodeBind, decodeCommandTag, decodeDataRow, decodeErrorFields,
+  decodeExecute, decodeParameterStatus, decodeParse, decodeQuery, decodeReadyStatus, decodeRowDescription, decodeStartup, decodeTarget, encode,
+  errorFields, rowsFromTag, type ErrorFields, type FieldDescription, type Frame,
 } from './codec.ts';
 import type { TargetConnection } from './target.ts';
 import { Pipeline, type Lookup, type Tracked } from './pipeline.ts';
@@ -34,6 +35,10 @@ export interface PgAdapterDeps {
   /** Opens an authenticated target connection through the agent serving `connection`. */
   openTarget(connection: string, clientParams: Record<string, string>): Promise<TargetConnection>;
   cancelTarget(connection: string, processId: number, secretKey: number): Promise<void>;
+  /** `schema.table` by table OID, from the target's catalog (through the agent). */
+  tableNames(connection: string, oids: number[]): Promise<Map<number, string>>;
+  /** The masking engine for a decision's mask rules (undefined when there are none). */
+  masker(rules: MaskRuleRef[]): Masker | undefined;
   audit(event: AuditEvent): void;
   log: { info(o: object, msg?: string): void; warn(o: object, msg?: string): void };
   /** TLS for clients; when absent, SSLRequest is declined (and only loopback clients can connect). */
@@ -43,6 +48,13 @@ export interface PgAdapterDeps {
 /** A statement on its way to the target: recorded when the pipeline reports it finished. */
 interface Recorded extends Tracked {
   event: AuditEvent;
+  /** Masking for this statement's results, when its decision carries mask rules. */
+  masker?: Masker;
+  /** The column plan for the rows arriving now, and the columns it was made for. */
+  plan?: ColumnPlan;
+  planFields?: FieldDescription[];
+  /** Plans of earlier result sets of the same statement (a multi-statement Query), for the record. */
+  donePlans?: ColumnPlan[];
 }
 
 /** Longest statement text the gateway classifies; longer ones are refused (parsing runs on the shared event loop). */
@@ -108,6 +120,11 @@ class PgSession {
   private barrier: 'none' | 'until-sync' | 'until-ready' = 'none';
   private barrierReleased?: () => void;
   private discardUntilSync = false;
+  private targetBusy = false;
+  /** Table names by OID for this session's target, filled on demand for masking. */
+  private readonly tableNames = new Map<number, string>();
+  /** Mask rules of the latest allowed statement: applied to notices and errors that carry values. */
+  private lastMasker?: Masker;
   private counts = { statements: 0, denied: 0 };
   private readonly startedAt = Date.now();
   private startupTimer?: NodeJS.Timeout;
@@ -292,7 +309,7 @@ class PgSession {
         if (decision.verdict.action !== 'allow') return this.refuse(frame.type, decision.verdict, decision.info);
         const holds = changesSessionState(decision.info);
         if (holds) this.barrier = 'until-ready';
-        this.pipeline.query(this.tracked(decision.event), undefined, holds);
+        this.pipeline.query(this.tracked(decision.event, decision.verdict), undefined, holds);
         this.toTarget(frame.raw);
         return;
       }
@@ -307,7 +324,7 @@ class PgSession {
       }
       case 'B': {
         const bind = decodeBind(frame.body);
-        this.pipeline.bind(bind.portal, await this.resolve(() => this.pipeline.statement(bind.statement)));
+        this.pipeline.bind(bind.portal, await this.resolve(() => this.pipeline.statement(bind.statement)), bind.statement, bind.resultFormats);
         this.toTarget(frame.raw);
         return;
       }
@@ -324,7 +341,7 @@ class PgSession {
         if (!decision) return;
         if (decision.verdict.action !== 'allow') return this.refuse(frame.type, decision.verdict, decision.info);
         if (changesSessionState(decision.info)) this.barrier = 'until-sync';
-        this.pipeline.execute(this.tracked(decision.event));
+        this.pipeline.execute(this.tracked(decision.event, decision.verdict), undefined, exec.portal);
         this.toTarget(frame.raw);
         return;
       }
@@ -342,11 +359,12 @@ class PgSession {
         this.toTarget(frame.raw);
         return;
       }
-      case 'D':
-        decodeTarget(frame.body); // validates
-        this.pipeline.describe();
+      case 'D': {
+        const target = decodeTarget(frame.body);
+        this.pipeline.describe(target.kind, target.name);
         this.toTarget(frame.raw);
         return;
+      }
       case 'H': case 'd': case 'c': case 'f':
         this.toTarget(frame.raw);
         return;
@@ -378,12 +396,12 @@ class PgSession {
       ? { text, statements: [], parseError: `statement of ${text.length} characters is longer than the ${MAX_STATEMENT_CHARS} Airlock inspects` }
       : this.deps.classify(text);
     let verdict = this.deps.decide(identity, this.request(info));
-    if (verdict.action === 'allow' && verdict.masks.length && info.statements.some((st) => !st.baseline)) {
-      // Masking is not enforced on this data path yet: refusing is the only way not to return
-      // data that a policy says must be masked.
+    if (verdict.action === 'allow' && verdict.masks.length &&
+      info.statements.some((st) => st.operations.some((op) => op.type === 'sql' && op.kind === 'copy'))) {
+      // COPY output carries no column names: it cannot be masked yet, so it is refused.
       const by = [...new Set(verdict.masks.map((m) => m.policy))].join(', ');
       verdict = { ...verdict, action: 'deny', policy: verdict.masks[0].policy, rule: 'mask',
-        reason: `policy ${by} requires masking, which this gateway cannot enforce yet: refused rather than returned unmasked` };
+        reason: `policy ${by} requires masking, and COPY output cannot be masked yet: use SELECT` };
     }
     if (verdict.action !== 'allow') {
       this.recordRefusal(text, info, verdict);
@@ -402,8 +420,11 @@ class PgSession {
     }
   }
 
-  private tracked(event: AuditEvent | undefined): Recorded | undefined {
-    return event && { event, started: performance.now() };
+  private tracked(event: AuditEvent | undefined, verdict: Decision): Recorded | undefined {
+    if (!event) return undefined;
+    const masker = verdict.masks.length ? this.deps.masker(verdict.masks) : undefined;
+    if (masker) this.lastMasker = masker;
+    return { event, started: performance.now(), masker };
   }
 
   private request(sql: SqlRequestInfo): Request {
@@ -440,10 +461,29 @@ class PgSession {
 
   private onTargetData(chunk: Buffer): void {
     this.targetReader.push(chunk);
+    void this.pumpTarget();
+  }
+
+  /** Forwards target messages in order; pauses only to look up table names for masking. */
+  private async pumpTarget(): Promise<void> {
+    if (this.targetBusy) return;
+    this.targetBusy = true;
     const out: Buffer[] = [];
-    let frame: Frame | undefined;
     try {
-      while ((frame = this.targetReader.next())) out.push(this.onTargetMessage(frame));
+      let frame: Frame | undefined;
+      while (this.phase !== 'closed' && (frame = this.targetReader.next())) {
+        if (frame.type === 'D') {
+          const missing = this.tablesToLookUp();
+          if (missing) {
+            this.flushToClient(out);
+            this.target?.pause();
+            await this.lookUpTables(missing);
+            this.target?.resume();
+          }
+        }
+        out.push(this.onTargetMessage(frame));
+      }
+      this.flushToClient(out);
     } catch (err) {
       if (err instanceof SessionGuardError) {
         this.deps.audit({ ...this.eventBase('protocol.error'), error: err.message, detail: { phase: 'session-guard' } });
@@ -451,8 +491,81 @@ class PgSession {
       }
       this.deps.log.warn({ err, session: this.id }, 'target sent an invalid message');
       return this.fatal('08P01', 'airlock: the target sent an invalid message');
+    } finally {
+      this.targetBusy = false;
     }
-    if (out.length && !this.client.write(joinContiguous(out))) this.target?.pause();
+  }
+
+  private flushToClient(out: Buffer[]): void {
+    if (out.length === 0) return;
+    if (!this.client.write(joinContiguous(out))) this.target?.pause();
+    out.length = 0;
+  }
+
+  /** Table OIDs the current result's masking needs and the session has not looked up yet. */
+  private tablesToLookUp(): number[] | undefined {
+    const cur = this.pipeline.current();
+    const rec = cur?.tracked as Recorded | undefined;
+    if (!rec?.masker || !cur?.fields || rec.planFields === cur.fields) return undefined;
+    const missing = [...new Set(cur.fields.map((f) => f.tableOid).filter((oid) => oid !== 0 && !this.tableNames.has(oid)))];
+    return missing.length ? missing : undefined;
+  }
+
+  private async lookUpTables(oids: number[]): Promise<void> {
+    const names = await this.deps.tableNames(this.connection!.name, oids).catch((err: Error) => {
+      throw new SessionGuardError(`cannot resolve the tables of a result that must be masked (${err.message})`);
+    });
+    // An OID the catalog does not know keeps an empty name: only bare-column rules apply to it.
+    for (const oid of oids) this.tableNames.set(oid, names.get(oid) ?? '');
+  }
+
+  /** Masks one DataRow for the statement whose results are arriving; returns the bytes to send. */
+  private maskRow(frame: Frame): Buffer {
+    const cur = this.pipeline.current();
+    const rec = cur?.tracked as Recorded | undefined;
+    if (!rec?.masker) return frame.raw;
+    const fields = cur!.fields;
+    if (!fields) {
+      // Rows whose columns were never described cannot be matched to mask rules: fail closed.
+      throw new SessionGuardError('rows arrived for a statement whose columns were not described, so they cannot be masked (Describe the portal before Execute)');
+    }
+    if (rec.planFields !== fields) {
+      if (rec.plan) (rec.donePlans ??= []).push(rec.plan);
+      rec.plan = rec.masker.plan(fields.map((f) => ({ name: f.name, table: this.tableNames.get(f.tableOid) || undefined })));
+      rec.planFields = fields;
+    }
+    const plan = rec.plan!;
+    if (!plan.active) return frame.raw;
+    const values = decodeDataRow(frame.body);
+    let changed = false;
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i];
+      if (v === null || plan.modes[i] === 'none') continue;
+      const masked = maskValue(plan, i, fields[i], v);
+      if (masked !== v) {
+        values[i] = masked;
+        changed = true;
+      }
+    }
+    return changed ? encode.dataRow(values) : frame.raw;
+  }
+
+  /** Masks detector hits in the text of an error or notice (values leak through messages such as unique violations). */
+  private maskMessage(type: 'E' | 'N', fields: ErrorFields, raw: Buffer): Buffer {
+    const masker = (this.pipeline.current()?.tracked as Recorded | undefined)?.masker ?? this.lastMasker;
+    if (!masker) return raw;
+    let changed = false;
+    for (const k of ['M', 'D', 'H', 'W'] as const) {
+      const text = fields[k];
+      if (text === undefined) continue;
+      const masked = masker.maskText(text);
+      if (masked !== text) {
+        fields[k] = masked;
+        changed = true;
+      }
+    }
+    if (!changed) return raw;
+    return type === 'E' ? encode.errorResponse(fields) : encode.notice(fields);
   }
 
   /** Returns the bytes to send to the client for one target message. */
@@ -469,9 +582,16 @@ class PgSession {
       case '1': case '2': case '3':
         this.pipeline.confirmed(frame.type);
         return frame.raw;
-      case 'T': case 'n':
-        this.pipeline.described();
+      case 'T':
+        this.pipeline.described(decodeRowDescription(frame.body));
         return frame.raw;
+      case 'n':
+        this.pipeline.described(undefined);
+        return frame.raw;
+      case 'D':
+        return this.maskRow(frame);
+      case 'N':
+        return this.maskMessage('N', decodeErrorFields(frame.body), frame.raw);
       case 'C':
         this.pipeline.completed(rowsFromTag(decodeCommandTag(frame.body)), true);
         return frame.raw;
@@ -482,8 +602,9 @@ class PgSession {
         const fields = decodeErrorFields(frame.body);
         const marker = MARKER_PATTERN.exec(fields.M ?? '')?.[0];
         const refusal = marker ? this.refusals.get(marker) : undefined;
+        const out = refusal ? encode.errorResponse(refusal) : this.maskMessage('E', fields, frame.raw);
         this.pipeline.failed(refusal ? 'refused' : `${fields.C ?? ''} ${fields.M ?? ''}`.trim());
-        return refusal ? encode.errorResponse(refusal) : frame.raw;
+        return out;
       }
       case 'Z':
         this.pipeline.ready(decodeReadyStatus(frame.body) === 'I');
@@ -512,6 +633,8 @@ class PgSession {
     if (t.rows !== undefined) t.event.rows = t.rows;
     if (t.error) t.event.error = t.error;
     if (t.skipped) t.event.error = 'not executed: an earlier message of its batch failed';
+    const masked = [...(t.donePlans ?? []), ...(t.plan ? [t.plan] : [])].flatMap((p) => p.stats());
+    if (masked.length) t.event.detail = { ...t.event.detail, masked };
     this.deps.audit(t.event);
   }
 
@@ -670,3 +793,33 @@ function joinContiguous(parts: Buffer[]): Buffer {
 }
 
 const printable = (t: string) => (/^[\x20-\x7e]$/.test(t) ? t : `0x${t.charCodeAt(0).toString(16)}`);
+
+/** Types whose binary format is their text bytes (jsonb: a version byte, then the text). */
+const TEXT_LIKE_TYPES = new Set([25 /* text */, 1043 /* varchar */, 1042 /* bpchar */, 19 /* name */, 114 /* json */, 705 /* unknown */]);
+const JSONB = 3802;
+const INT_TYPES: Record<number, number> = { 21: 2, 23: 4, 20: 8 };
+
+/**
+ * Masks one non-null value. Text format and text-like binary types are masked as text. Binary
+ * integers are read as decimal text for the detectors and sent as NULL when anything in them must
+ * be masked (a masked text cannot be encoded back into an integer). Other binary values are sent
+ * as NULL when a column rule names them, and passed when only detectors apply (they are not text).
+ */
+function maskValue(plan: ColumnPlan, i: number, field: FieldDescription, value: Buffer): Buffer | null {
+  if (field.format === 0 || TEXT_LIKE_TYPES.has(field.typeOid)) {
+    const text = value.toString('utf8');
+    const masked = plan.mask(i, text);
+    return masked === text ? value : masked === null ? null : Buffer.from(masked, 'utf8');
+  }
+  if (field.typeOid === JSONB && value[0] === 1) {
+    const text = value.toString('utf8', 1);
+    const masked = plan.mask(i, text);
+    return masked === text ? value : masked === null ? null : Buffer.concat([value.subarray(0, 1), Buffer.from(masked, 'utf8')]);
+  }
+  const size = INT_TYPES[field.typeOid];
+  if (size && value.length === size) {
+    const text = (size === 2 ? value.readInt16BE() : size === 4 ? value.readInt32BE() : value.readBigInt64BE()).toString();
+    return plan.mask(i, text) === text ? value : null;
+  }
+  return plan.modes[i] === 'whole' ? null : value;
+}

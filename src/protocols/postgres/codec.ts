@@ -393,6 +393,7 @@ export const encode = {
   },
   commandComplete: (tag: string): Buffer => message('C', tag),
   errorResponse: (fields: ErrorFields): Buffer => message('E', fieldsBody(fields)),
+  notice: (fields: ErrorFields): Buffer => message('N', fieldsBody(fields)),
 };
 
 function fieldsBody(fields: ErrorFields): Buffer {

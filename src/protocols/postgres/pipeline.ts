@@ -6,6 +6,9 @@
 // batch see it (if it fails, the target skips them until Sync), and messages of a later batch
 // wait for it to settle. After an error in an extended-protocol batch the target ignores every
 // message up to Sync, simple Queries included; those entries are dropped here in the same way.
+// The same bookkeeping keeps each statement's and portal's RowDescription, so that the columns of
+// every DataRow are known (masking needs them).
+import type { FieldDescription } from './codec.ts';
 
 /** A statement execution the adapter records when it completes. */
 export interface Tracked {
@@ -20,12 +23,18 @@ type Settle = { promise: Promise<void>; resolve: () => void };
 
 export type Entry =
   | { kind: 'parse'; name: string; text: string; batch: number; settle: Settle }
-  | { kind: 'bind'; portal: string; text: string | undefined; batch: number; settle: Settle }
+  | { kind: 'bind'; portal: string; text: string | undefined; statement: string; formats: number[]; batch: number; settle: Settle }
   | { kind: 'close'; target: 'S' | 'P'; name: string; batch: number; settle: Settle }
-  | { kind: 'describe' }
-  | { kind: 'execute'; tracked?: Tracked; marker?: string }
-  | { kind: 'query'; tracked?: Tracked; marker?: string; releases?: boolean }
+  | { kind: 'describe'; target: 'S' | 'P'; name: string }
+  | { kind: 'execute'; tracked?: Tracked; marker?: string; portal: string }
+  | { kind: 'query'; tracked?: Tracked; marker?: string; releases?: boolean; fields?: FieldDescription[] }
   | { kind: 'sync'; releases?: boolean };
+
+/** A prepared statement or portal on the target: its text and, once described, its columns. */
+interface Named {
+  text: string;
+  fields?: FieldDescription[];
+}
 
 export interface PipelineEvents {
   /** A tracked statement finished (completed, failed or skipped). */
@@ -48,8 +57,8 @@ const settle = (): Settle => {
 export class Pipeline {
   /** Incremented at every Sync and simple Query sent: messages between two of them form a batch. */
   private batch = 0;
-  private readonly statements = new Map<string, string>();
-  private readonly portals = new Map<string, string>();
+  private readonly statements = new Map<string, Named>();
+  private readonly portals = new Map<string, Named>();
   private readonly entries: Entry[] = [];
 
   constructor(private readonly events: PipelineEvents) {}
@@ -64,20 +73,21 @@ export class Pipeline {
     this.entries.push({ kind: 'parse', name, text, batch: this.batch, settle: settle() });
   }
 
-  bind(portal: string, text: string | undefined): void {
-    this.entries.push({ kind: 'bind', portal, text, batch: this.batch, settle: settle() });
+  /** `formats` are the Bind's result-column format codes (none: all text; one: all alike). */
+  bind(portal: string, text: string | undefined, statement = '', formats: number[] = []): void {
+    this.entries.push({ kind: 'bind', portal, text, statement, formats, batch: this.batch, settle: settle() });
   }
 
   close(target: 'S' | 'P', name: string): void {
     this.entries.push({ kind: 'close', target, name, batch: this.batch, settle: settle() });
   }
 
-  describe(): void {
-    this.entries.push({ kind: 'describe' });
+  describe(target: 'S' | 'P' = 'P', name = ''): void {
+    this.entries.push({ kind: 'describe', target, name });
   }
 
-  execute(tracked?: Tracked, marker?: string): void {
-    this.entries.push({ kind: 'execute', tracked, marker });
+  execute(tracked?: Tracked, marker?: string, portal = ''): void {
+    this.entries.push({ kind: 'execute', tracked, marker, portal });
   }
 
   query(tracked?: Tracked, marker?: string, releases = false): void {
@@ -100,7 +110,7 @@ export class Pipeline {
     return this.lookup('P', name, this.portals);
   }
 
-  private lookup(target: 'S' | 'P', name: string, confirmed: Map<string, string>): Lookup {
+  private lookup(target: 'S' | 'P', name: string, confirmed: Map<string, Named>): Lookup {
     for (let i = this.entries.length - 1; i >= 0; i--) {
       const e = this.entries[i];
       const hit = target === 'S'
@@ -112,7 +122,18 @@ export class Pipeline {
       if (change.batch !== this.batch) return { wait: change.settle.promise };
       return { text: change.kind === 'close' ? undefined : change.text };
     }
-    return { text: confirmed.get(name) };
+    return { text: confirmed.get(name)?.text };
+  }
+
+  /**
+   * The statement whose results are arriving now (the head Query or Execute), with the columns
+   * of its rows when known: from the Query's RowDescription, or the executed portal's.
+   */
+  current(): { tracked?: Tracked; fields?: FieldDescription[] } | undefined {
+    const e = this.entries[0];
+    if (e?.kind === 'query') return { tracked: e.tracked, fields: e.fields };
+    if (e?.kind === 'execute') return { tracked: e.tracked, fields: this.portals.get(e.portal)?.fields };
+    return undefined;
   }
 
   // ---------- messages received from the target ----------
@@ -123,17 +144,26 @@ export class Pipeline {
     const expected = type === '1' ? 'parse' : type === '2' ? 'bind' : 'close';
     if (e?.kind !== expected) throw new Error(`target answered ${expected} out of order`);
     this.entries.shift();
-    if (e.kind === 'parse') this.statements.set(e.name, e.text);
+    if (e.kind === 'parse') this.statements.set(e.name, { text: e.text });
     else if (e.kind === 'bind') {
+      const fields = this.statements.get(e.statement)?.fields;
       if (e.text === undefined) this.portals.delete(e.portal);
-      else this.portals.set(e.portal, e.text);
+      else this.portals.set(e.portal, { text: e.text, fields: fields && withFormats(fields, e.formats) });
     } else if (e.kind === 'close') (e.target === 'S' ? this.statements : this.portals).delete(e.name);
     e.settle.resolve();
   }
 
-  /** RowDescription or NoData: answers a Describe at the head (results of queries pass through). */
-  described(): void {
-    if (this.entries[0]?.kind === 'describe') this.entries.shift();
+  /**
+   * RowDescription (`fields`) or NoData (`undefined`): answers a Describe at the head, recording the
+   * columns of that statement or portal; for a simple Query, describes the rows that follow.
+   */
+  described(fields: FieldDescription[] | undefined): void {
+    const e = this.entries[0];
+    if (e?.kind === 'query') e.fields = fields;
+    if (e?.kind !== 'describe') return;
+    this.entries.shift();
+    const named = (e.target === 'S' ? this.statements : this.portals).get(e.name);
+    if (named) named.fields = fields;
   }
 
   /** CommandComplete, EmptyQueryResponse, PortalSuspended: the head statement is done (Execute) or one of its statements is (Query). */
@@ -193,4 +223,9 @@ export class Pipeline {
     if ((e.kind === 'execute' || e.kind === 'query') && e.marker) this.events.forget(e.marker);
     if ((e.kind === 'query' || e.kind === 'sync') && e.releases) this.events.released();
   }
+}
+
+/** A statement's columns with a Bind's result format codes (none: all text; one: all alike). */
+function withFormats(fields: FieldDescription[], formats: number[]): FieldDescription[] {
+  return fields.map((f, i) => ({ ...f, format: formats.length === 0 ? 0 : formats.length === 1 ? formats[0] : formats[i] ?? 0 }));
 }
