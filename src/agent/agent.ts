@@ -11,17 +11,25 @@ export interface AgentLink {
   serves(): string[];
   open(connection: string, clientParams: Record<string, string>): Promise<TargetConnection>;
   cancel(connection: string, processId: number, secretKey: number): Promise<void>;
-  /** `schema.table` for each table OID, from the target's catalog (OIDs it does not know are left out). */
-  tableNames(connection: string, oids: number[]): Promise<Map<number, string>>;
+  /**
+   * `schema.table` and column names by attribute number for each table OID, from the target's
+   * catalog (OIDs it does not know are left out). Result columns carry aliases; these are the real names.
+   */
+  tableNames(connection: string, oids: number[]): Promise<Map<number, TableInfo>>;
   /** Closes the agent's own connections (catalog lookups). */
   close(): void;
+}
+
+export interface TableInfo {
+  name: string;
+  columns: Map<number, string>;
 }
 
 /** One catalog connection per target, used for lookups one at a time. */
 interface Catalog {
   conn?: Promise<TargetConnection>;
   queue: Promise<unknown>;
-  names: Map<number, { name: string; at: number }>;
+  names: Map<number, TableInfo & { at: number }>;
 }
 
 export class LocalAgent implements AgentLink {
@@ -51,16 +59,16 @@ export class LocalAgent implements AgentLink {
     return cancelTarget(this.target(connection), processId, secretKey);
   }
 
-  async tableNames(connection: string, oids: number[]): Promise<Map<number, string>> {
+  async tableNames(connection: string, oids: number[]): Promise<Map<number, TableInfo>> {
     const target = this.target(connection);
     let catalog = this.catalogs.get(connection);
     if (!catalog) this.catalogs.set(connection, (catalog = { queue: Promise.resolve(), names: new Map() }));
     const now = Date.now();
-    const out = new Map<number, string>();
+    const out = new Map<number, TableInfo>();
     const missing: number[] = [];
     for (const oid of oids) {
       const hit = catalog.names.get(oid);
-      if (hit && now - hit.at < TABLE_NAME_TTL_MS) out.set(oid, hit.name);
+      if (hit && now - hit.at < TABLE_NAME_TTL_MS) out.set(oid, hit);
       else missing.push(oid);
     }
     if (missing.length === 0) return out;
@@ -76,14 +84,18 @@ export class LocalAgent implements AgentLink {
         throw e;
       });
       const list = missing.map((o) => `${Math.trunc(o)}`).join(',');
-      return queryTarget(conn, `SELECT c.oid::int8, n.nspname, c.relname FROM pg_catalog.pg_class c
-        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid IN (${list})`);
+      return queryTarget(conn, `SELECT c.oid::int8, n.nspname, c.relname, a.attnum, a.attname FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        WHERE c.oid IN (${list}) ORDER BY c.oid, a.attnum`);
     });
     c.queue = lookup.catch(() => undefined);
-    for (const [oid, schema, table] of await lookup) {
-      const name = `${schema}.${table}`;
-      c.names.set(Number(oid), { name, at: now });
-      out.set(Number(oid), name);
+    for (const [oid, schema, table, attnum, attname] of await lookup) {
+      const key = Number(oid);
+      let info = c.names.get(key);
+      if (!info || info.at !== now) c.names.set(key, (info = { name: `${schema}.${table}`, columns: new Map(), at: now }));
+      if (attnum !== null && attname !== null) info.columns.set(Number(attnum), attname);
+      out.set(key, info);
     }
     return out;
   }

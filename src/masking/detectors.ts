@@ -105,20 +105,24 @@ const creditCard: Detector = {
 // ---------------------------------------------------------------------------------------------
 // email
 
-const LOCAL_CHAR = /[A-Za-z0-9._%+-]/;
-const DOMAIN_CHAR = /[A-Za-z0-9.-]/;
+/** [A-Za-z0-9._%+-] */
+function isLocalCode(c: number): boolean {
+  return isAlnumCode(c) || c === 46 || c === 95 || c === 37 || c === 43 || c === 45;
+}
+/** [A-Za-z0-9.-] */
+function isDomainCode(c: number): boolean {
+  return isAlnumCode(c) || c === 46 || c === 45;
+}
 const LABEL_RE = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
 const TLD_RE = /^(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$/;
 /** File extensions that look like TLDs in `icon@2x.png` and friends. */
 const NOT_TLDS = new Set(['png', 'jpg', 'jpeg', 'gif', 'svg', 'webp', 'bmp', 'ico', 'tif', 'tiff', 'css', 'js', 'mjs', 'cjs', 'ts', 'map', 'json', 'yaml', 'yml', 'txt', 'md', 'html', 'htm']);
 
-/** True when the text right before `pos` (a `:`) is `scheme://user`: URL credentials, not an email. */
-function afterUrlUser(text: string, pos: number): boolean {
-  if (text[pos] !== ':') return false;
-  const from = Math.max(0, pos - 300);
-  const before = text.slice(from, pos);
+/** True when the `@` at `at` is inside the authority of a URL (`scheme://user:pw@host`): a host follows, not a mail domain. */
+function inUrlAuthority(text: string, at: number): boolean {
+  const before = text.slice(Math.max(0, at - 300), at);
   const slash = before.lastIndexOf('://');
-  return slash >= 0 && !/[\s/@]/.test(before.slice(slash + 3));
+  return slash >= 0 && !/[\s/?#"'`<>\\]/.test(before.slice(slash + 3));
 }
 
 const email: Detector = {
@@ -130,13 +134,13 @@ const email: Detector = {
     let floor = 0; // start of the text not yet covered by an accepted email
     while (at !== -1) {
       let s = at;
-      while (s > floor && LOCAL_CHAR.test(text[s - 1])) {
+      while (s > floor && isLocalCode(text.charCodeAt(s - 1))) {
         s--;
         if (at - s > 64) break; // longer than a local part may be
       }
       const tooLong = at - s > 64;
       let e = at + 1;
-      while (e < text.length && e - at <= 256 && DOMAIN_CHAR.test(text[e])) e++;
+      while (e < text.length && e - at <= 256 && isDomainCode(text.charCodeAt(e))) e++;
       while (e > at + 1 && (text[e - 1] === '.' || text[e - 1] === '-')) e--;
       while (s < at && text[s] === '.') s++;
       const local = text.slice(s, at);
@@ -148,7 +152,7 @@ const email: Detector = {
         !local.endsWith('.') && !local.includes('..') &&
         labels.length >= 2 && domain.length <= 253 && labels.every((l) => LABEL_RE.test(l)) &&
         TLD_RE.test(tld) && !NOT_TLDS.has(tld.toLowerCase()) &&
-        !(s > 0 && afterUrlUser(text, s - 1));
+        !inUrlAuthority(text, at);
       if (ok) {
         spans.push([s, e]);
         floor = e;
@@ -165,11 +169,14 @@ const email: Detector = {
 // International: '+', country code, then digits with single separators (space, dot, dash,
 // parentheses). Validated by hand (validIntl).
 const PHONE_INTL_RE = /(?<![\w+])\+[1-9][\d ().-]{5,24}\d/g;
+// The same with the 00 international call prefix instead of '+' (0049 30 1234567): separators
+// required, so zero-padded numbers do not match.
+const PHONE_INTL00_RE = /(?<![\w+().,:/-]|\d[ .-])00[1-9]\d{0,2}[ (-][\d ().-]{4,24}\d/g;
 // North American Numbering Plan: (NPA) NXX-XXXX with separators; NPA and NXX start with 2-9.
-const PHONE_NANP_RE = /(?<![\w+(.,/-])(?:1[ .-]?)?(?:\([2-9]\d\d\)[ .-]?|[2-9]\d\d[ .-])[2-9]\d\d[ .-]\d{4}(?![\w]|[.,:/-]?\d)/g;
+const PHONE_NANP_RE = /(?<![\w+(.,/-]|\d[ .-])(?:1[ .-]?)?(?:\([2-9]\d\d\)[ .-]?|[2-9]\d\d[ .-])[2-9]\d\d[ .-]\d{4}(?![\w]|[.,:/-]?\d)/g;
 // National numbers with a trunk 0 (most of Europe, UK, Australia...): groups separated by
 // spaces or dashes, 9-12 digits in all.
-const PHONE_TRUNK_RE = /(?<![\w+().,:/-])(?:\(0\d{1,4}\)|0\d{1,4})(?:[ -]\d{2,8}){1,5}(?![\w]|[.,:/-]?\d)/g;
+const PHONE_TRUNK_RE = /(?<![\w+().,:/-]|\d[ .-])(?:\(0[1-9]\d{0,3}\)|0[1-9]\d{0,3})(?:[ -]\d{2,8}){1,5}(?![\w]|[.,:/-]?\d)/g;
 // French dotted form: 06.12.34.56.78
 const PHONE_DOTTED_RE = /(?<![\w+.])0[1-9](?:\.\d\d){4}(?![\w]|\.?\d)/g;
 
@@ -233,6 +240,13 @@ const phone: Detector = {
       if (len === 0) return;
       const end = m.index + len;
       // Not followed by more digits or a decimal part.
+      if (/^(?:[.,]?\d|\w)/.test(text.slice(end, end + 2))) return;
+      spans.push([m.index, end]);
+    });
+    each(PHONE_INTL00_RE, text, (m) => {
+      const len = validIntl(m[0].slice(1)); // '0' + rest, read like '+' + rest
+      if (len === 0) return;
+      const end = m.index + 1 + len;
       if (/^(?:[.,]?\d|\w)/.test(text.slice(end, end + 2))) return;
       spans.push([m.index, end]);
     });
@@ -352,8 +366,8 @@ const iban: Detector = {
 const OCTET = '(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)';
 // Four octets 0-255 without leading zeros, not part of a longer dotted run (1.2.3.4.5).
 const IPV4_RE = new RegExp(`(?<![\\w.]|\\d\\.)(?:${OCTET}\\.){3}${OCTET}(?![\\w]|\\.\\d)`, 'g');
-/** Four-part version numbers are indistinguishable from addresses: skip after a version word. */
-const VERSION_CONTEXT = /(?:\bv|\bversion|\bver\.?|\brelease|\bbuild|\bfirmware)\s*[:=#]?\s*$/i;
+/** Four-part version and section numbers look like addresses: skip after a version/section word. */
+const VERSION_CONTEXT = /(?:\bv|\bversion|\bver\.?|\brelease|\bbuild|\bfirmware|\bchapter|\bsection|\bsec\.|§|\bclause|\bstep|\boid)\s*[:=#]?\s*$/i;
 // IPv6 candidates: a run of hex digits, colons and dots with at least two colons; net.isIPv6
 // decides.
 const IPV6_RE = /(?<![\w:.])[0-9A-Fa-f:.]{2,45}(?![\w:.])/g;
@@ -374,7 +388,8 @@ const ip: Detector = {
         if (c.endsWith(':') && !c.endsWith('::')) c = c.slice(0, -1); // "address fe80::1:"? keep "::"
         let colons = 0;
         for (let i = 0; i < c.length; i++) if (c.charCodeAt(i) === 58) colons++;
-        if (colons < 2 || c === '::' || !isIPv6(c)) return;
+        // A digit is required: hex words around `::` (cafe::babe, Feed::) are code, not addresses.
+        if (colons < 2 || !/\d/.test(c) || !isIPv6(c)) return;
         spans.push([m.index, m.index + c.length]);
       });
     }
@@ -388,7 +403,7 @@ const ip: Detector = {
 const AWS_ACCESS_RE = /(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])/g;
 // Secret access keys are 40 base64 characters with no marker of their own: a candidate counts
 // only when an AWS context word (or an access key id) precedes it within 120 characters.
-const AWS_SECRET_RE = /(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])/g;
+const AWS_SECRET_RE = /(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])/g;
 const AWS_CONTEXT = /aws|secret[\s_-]*access[\s_-]*key|(?:AKIA|ASIA)[A-Z0-9]{16}/i;
 
 const awsKey: Detector = {
@@ -437,7 +452,8 @@ const slackToken = prefixed('slack_token', /xox[abpors]-|xapp-/, SLACK_RE, (t) =
 // ---------------------------------------------------------------------------------------------
 // jwt
 
-const JWT_RE = /(?<![A-Za-z0-9_-])ey[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*/g;
+// JWS: header.payload.signature (3 segments, signature may be empty); JWE: 5 segments.
+const JWT_RE = /(?<![A-Za-z0-9_-])ey[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){2,4}/g;
 
 function jwtHeaderValid(segment: string): boolean {
   try {
@@ -455,8 +471,11 @@ const jwt: Detector = {
   find(text) {
     const spans: Span[] = [];
     each(JWT_RE, text, (m) => {
-      const dot = m[0].indexOf('.');
-      if (jwtHeaderValid(m[0].slice(0, dot))) spans.push([m.index, m.index + m[0].length]);
+      const parts = m[0].split('.');
+      if (parts.length === 4) parts.pop(); // a JWS followed by ".something"
+      if (parts.length === 3 && parts[1].length < 2) return; // JWS payload
+      if (!jwtHeaderValid(parts[0])) return;
+      spans.push([m.index, m.index + parts.join('.').length]);
     });
     return spans;
   },
@@ -465,8 +484,10 @@ const jwt: Detector = {
 // ---------------------------------------------------------------------------------------------
 // private_key
 
-// A PEM (or PGP) private key block; a block cut off before its END line is masked to the end.
-const PEM_RE = /-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----[\s\S]*?(?:-----END \1-----|$)/g;
+// A PEM (or PGP) private key block up to its END line. A block without an END line (cut off,
+// or a placeholder such as `-----BEGIN PRIVATE KEY-----...`) is masked over what follows as long
+// as it looks like key material: base64, whitespace, `\n` escapes and `Header: value` lines.
+const PEM_RE = /-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----(?:[\s\S]*?-----END \1-----|(?:[A-Za-z0-9+/=\s.,:-]|\\[nr])*)/g;
 
 const privateKey = prefixed('private_key', /PRIVATE KEY/, PEM_RE);
 
@@ -484,13 +505,14 @@ const urlPassword: Detector = {
     let i = text.indexOf('://');
     while (i !== -1) {
       let s = i;
-      while (s > 0 && SCHEME_CHAR.test(text[s - 1])) s--;
+      while (s > 0 && i - s < 64 && SCHEME_CHAR.test(text[s - 1])) s--;
       while (s < i && !/[A-Za-z]/.test(text[s])) s++;
       if (s < i) {
         const start = i + 3;
         let end = start;
         while (end < text.length && !AUTHORITY_END.test(text[end])) end++;
-        const at = text.lastIndexOf('@', end - 1);
+        let at = -1; // the last @ of the authority (a raw @ in the password comes before it)
+        for (let k = start; k < end; k++) if (text.charCodeAt(k) === 64) at = k;
         if (at >= start) {
           const colon = text.indexOf(':', start);
           if (colon >= 0 && colon < at - 1) spans.push([colon + 1, at]);

@@ -134,7 +134,9 @@ function scan(plan: DetectPlan, value: string, key: Buffer, inText: boolean): st
   if (plan.quick && !plan.quick.test(value)) return value;
   let hits: Hit[] | undefined;
   for (let k = 0; k < plan.detectors.length; k++) {
-    const spans: Span[] = plan.detectors[k].find(value);
+    const d = plan.detectors[k];
+    if (d.quick && plan.detectors.length > 1 && !d.quick.test(value)) continue;
+    const spans: Span[] = d.find(value);
     if (spans.length === 0) continue;
     hits ??= [];
     for (const [start, end] of spans) if (end > start) hits.push({ start, end, strategy: plan.strategies[k] });

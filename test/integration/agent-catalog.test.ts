@@ -23,9 +23,10 @@ test('table OIDs resolve to schema.table (quoted names as stored), unknown OIDs 
   const customers = await oid('public.customers');
   const leads = await oid('sales."Leads"');
   const names = await agent.tableNames('analytics', [customers, leads, 4_000_000_000]);
-  assert.deepEqual([...names.entries()].sort(), [[customers, 'public.customers'], [leads, 'sales.Leads']].sort());
+  assert.deepEqual([...names.entries()].map(([o, t]) => [o, t.name]).sort(), [[customers, 'public.customers'], [leads, 'sales.Leads']].sort());
+  assert.deepEqual([...names.get(customers)!.columns.values()], ['id', 'name', 'email', 'card_number']);
   // Cached: answered even while the catalog connection is busy with nothing, and concurrent lookups queue.
   const [a, b] = await Promise.all([agent.tableNames('analytics', [customers]), agent.tableNames('analytics', [leads])]);
-  assert.equal(a.get(customers), 'public.customers');
-  assert.equal(b.get(leads), 'sales.Leads');
+  assert.equal(a.get(customers)?.name, 'public.customers');
+  assert.equal(b.get(leads)?.name, 'sales.Leads');
 });

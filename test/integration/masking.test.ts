@@ -68,6 +68,20 @@ test('psql: card numbers and emails come back masked for ci-runner, clear for db
   assert.equal((await db.query('SELECT card_number FROM customers WHERE id = 1')).rows[0].card_number, CARD);
 });
 
+test('aliases, qualified stars and joins do not escape a column rule (rules match the real column)', async () => {
+  for (const sql of [
+    'SELECT card_number AS c FROM customers WHERE id = 2',
+    'SELECT x.card_number FROM customers x WHERE x.id = 2',
+    'SELECT k.* FROM (SELECT card_number FROM customers WHERE id = 2) k',
+    'SELECT o.id, c.card_number AS pay FROM orders o JOIN customers c ON c.id = o.customer_id WHERE c.id = 2 LIMIT 1',
+  ]) {
+    const r = await psql(gw.conninfo('analytics', 'ci-runner'), ci, sql);
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /5500 0000 0000 0004/, sql);
+    assert.match(r.stdout, /0004/, sql);
+  }
+});
+
 test('a card number inside free text is masked by the detector; other text passes', async () => {
   const r = await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'SELECT body FROM notes ORDER BY id');
   assert.equal(r.code, 0, r.stderr);

@@ -19,6 +19,7 @@ import {
   errorFields, rowsFromTag, type ErrorFields, type FieldDescription, type Frame,
 } from './codec.ts';
 import type { TargetConnection } from './target.ts';
+import type { TableInfo } from '../../agent/agent.ts';
 import { Pipeline, type Lookup, type Tracked } from './pipeline.ts';
 import { isLoopback } from '../../core/net.ts';
 
@@ -36,7 +37,7 @@ export interface PgAdapterDeps {
   openTarget(connection: string, clientParams: Record<string, string>): Promise<TargetConnection>;
   cancelTarget(connection: string, processId: number, secretKey: number): Promise<void>;
   /** `schema.table` by table OID, from the target's catalog (through the agent). */
-  tableNames(connection: string, oids: number[]): Promise<Map<number, string>>;
+  tableNames(connection: string, oids: number[]): Promise<Map<number, TableInfo>>;
   /** The masking engine for a decision's mask rules (undefined when there are none). */
   masker(rules: MaskRuleRef[]): Masker | undefined;
   audit(event: AuditEvent): void;
@@ -121,8 +122,8 @@ class PgSession {
   private barrierReleased?: () => void;
   private discardUntilSync = false;
   private targetBusy = false;
-  /** Table names by OID for this session's target, filled on demand for masking. */
-  private readonly tableNames = new Map<number, string>();
+  /** Tables (name, column names) by OID for this session's target, filled on demand for masking. */
+  private readonly tables = new Map<number, TableInfo | undefined>();
   /** Mask rules of the latest allowed statement: applied to notices and errors that carry values. */
   private lastMasker?: Masker;
   private counts = { statements: 0, denied: 0 };
@@ -507,7 +508,7 @@ class PgSession {
     const cur = this.pipeline.current();
     const rec = cur?.tracked as Recorded | undefined;
     if (!rec?.masker || !cur?.fields || rec.planFields === cur.fields) return undefined;
-    const missing = [...new Set(cur.fields.map((f) => f.tableOid).filter((oid) => oid !== 0 && !this.tableNames.has(oid)))];
+    const missing = [...new Set(cur.fields.map((f) => f.tableOid).filter((oid) => oid !== 0 && !this.tables.has(oid)))];
     return missing.length ? missing : undefined;
   }
 
@@ -515,8 +516,8 @@ class PgSession {
     const names = await this.deps.tableNames(this.connection!.name, oids).catch((err: Error) => {
       throw new SessionGuardError(`cannot resolve the tables of a result that must be masked (${err.message})`);
     });
-    // An OID the catalog does not know keeps an empty name: only bare-column rules apply to it.
-    for (const oid of oids) this.tableNames.set(oid, names.get(oid) ?? '');
+    // An OID the catalog does not know stays unnamed: only bare-column rules apply to it.
+    for (const oid of oids) this.tables.set(oid, names.get(oid));
   }
 
   /** Masks one DataRow for the statement whose results are arriving; returns the bytes to send. */
@@ -531,7 +532,11 @@ class PgSession {
     }
     if (rec.planFields !== fields) {
       if (rec.plan) (rec.donePlans ??= []).push(rec.plan);
-      rec.plan = rec.masker.plan(fields.map((f) => ({ name: f.name, table: this.tableNames.get(f.tableOid) || undefined })));
+      // A result column carries its alias; rules are about the table's real column.
+      rec.plan = rec.masker.plan(fields.map((f) => {
+        const table = this.tables.get(f.tableOid);
+        return { name: table?.columns.get(f.column) ?? f.name, table: table?.name };
+      }));
       rec.planFields = fields;
     }
     const plan = rec.plan!;
