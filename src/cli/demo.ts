@@ -67,7 +67,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
       const line = (token: string, user: string) =>
         `PGPASSWORD=${token} psql "host=${host} port=${port} dbname=${DEMO_DB} user=${user}"`;
       console.log('');
-      console.log('ci-runner (group ci: may read, writes and DDL are refused):');
+      console.log('ci-runner (group ci: may read, with card numbers and emails masked; writes and DDL are refused):');
       console.log(`  ${line(ci.token, 'ci-runner')}`);
       console.log('dba (group dba: may read and write):');
       console.log(`  ${line(dba.token, 'dba')}`);
@@ -224,6 +224,11 @@ policies:
     deny:
       - sql: [drop, truncate, alter, create, grant, revoke]
         message: DDL is not allowed from CI
+    mask:
+      - columns: ["customers.card_number"]
+        with: last4
+      - detect: [email, credit_card]
+        with: redact
 
   - name: dba-maintain-analytics
     description: DBAs may read and write, but never delete or update every row at once

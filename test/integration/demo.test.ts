@@ -67,6 +67,15 @@ test('airlock demo: ci-runner reads, DROP TABLE is refused with 42501, both are 
     assert.equal(select.code, 0, select.stderr);
     assert.equal(select.stdout.trim(), '5');
 
+    // Masked for ci-runner, clear for dba (the stored data is the same).
+    const seen = await run('psql', ['-X', '-At', '-c', 'SELECT email, card_number FROM customers WHERE id = 1', ci.conninfo], { env: { PGPASSWORD: ci.token } });
+    assert.equal(seen.code, 0, seen.stderr);
+    const [email, card] = seen.stdout.trim().split('|');
+    assert.doesNotMatch(email, /ada@example\.com/);
+    assert.match(card, /^[^4]*1111$/, 'last4 keeps only the last four digits');
+    const clear = await run('psql', ['-X', '-At', '-c', 'SELECT email, card_number FROM customers WHERE id = 1', dba.conninfo], { env: { PGPASSWORD: dba.token } });
+    assert.equal(clear.stdout.trim(), 'ada@example.com|4111 1111 1111 1111');
+
     const drop = await run('psql', ['-X', '-v', 'VERBOSITY=verbose', '-c', 'DROP TABLE customers', ci.conninfo], { env: { PGPASSWORD: ci.token } });
     assert.notEqual(drop.code, 0);
     assert.match(drop.stderr, /ERROR:\s+42501: airlock: DDL is not allowed from CI/);
