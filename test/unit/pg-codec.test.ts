@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import {
   FrameReader, ProtocolError, decodeAuth, decodeBind, decodeErrorFields, decodeExecute, decodeParse, decodeQuery,
-  decodeStartup, decodeTarget, encode, errorFields, rowsFromTag, decodeCommandTag, decodeReadyStatus, decodeBackendKey,
+  decodeStartup, decodeTarget, encode, errorFields, rowsFromTag, decodeCommandTag, decodeReadyStatus, decodeBackendKey, decodeDataRow, decodeRowDescription,
 } from '../../src/protocols/postgres/codec.ts';
 
 function frames(reader: FrameReader) {
@@ -115,4 +115,24 @@ test('fuzz: random bytes never crash the decoders with anything but ProtocolErro
     }
   }
   assert.ok(rejected > 0);
+});
+
+test('DataRow round-trips through encode.dataRow/decodeDataRow, NULLs and empty values included', () => {
+  const values = [Buffer.from('42'), null, Buffer.alloc(0), Buffer.from('héllo')];
+  const r = new FrameReader({ typed: true });
+  r.push(encode.dataRow(values));
+  const f = r.next()!;
+  assert.equal(f.type, 'D');
+  assert.deepEqual(decodeDataRow(f.body).map((v) => v && v.toString()), ['42', null, '', 'héllo']);
+});
+
+test('RowDescription decodes names, table OIDs above 2^31, column numbers and formats', () => {
+  const name = Buffer.from('card_number\0');
+  const body = Buffer.alloc(2 + name.length + 18);
+  body.writeInt16BE(1, 0);
+  name.copy(body, 2);
+  let off = 2 + name.length;
+  body.writeUInt32BE(3_000_000_000, off); body.writeInt16BE(4, off + 4); body.writeUInt32BE(25, off + 6);
+  body.writeInt16BE(-1, off + 10); body.writeInt32BE(-1, off + 12); body.writeInt16BE(1, off + 16);
+  assert.deepEqual(decodeRowDescription(body), [{ name: 'card_number', tableOid: 3_000_000_000, column: 4, typeOid: 25, typeLen: -1, typeMod: -1, format: 1 }]);
 });

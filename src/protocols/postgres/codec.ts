@@ -383,13 +383,26 @@ export const encode = {
   authCleartext: (): Buffer => message('R', int32(3)),
   backendKeyData: (processId: number, secretKey: number): Buffer => message('K', int32(processId), int32(secretKey)),
   readyForQuery: (status: string): Buffer => message('Z', Buffer.from(status)),
+  /** One allocation per row: rows are re-encoded on the masking hot path. */
   dataRow(values: (Buffer | null)[]): Buffer {
-    const parts: Buffer[] = [int16(values.length)];
+    let len = 4 + 2;
+    for (const v of values) len += 4 + (v === null ? 0 : v.length);
+    const out = Buffer.allocUnsafe(1 + len);
+    out[0] = 0x44; // 'D'
+    out.writeInt32BE(len, 1);
+    out.writeInt16BE(values.length, 5);
+    let off = 7;
     for (const v of values) {
-      if (v === null) parts.push(int32(-1));
-      else parts.push(int32(v.length), v);
+      if (v === null) {
+        out.writeInt32BE(-1, off);
+        off += 4;
+      } else {
+        out.writeInt32BE(v.length, off);
+        v.copy(out, off + 4);
+        off += 4 + v.length;
+      }
     }
-    return message('D', ...parts);
+    return out;
   },
   commandComplete: (tag: string): Buffer => message('C', tag),
   errorResponse: (fields: ErrorFields): Buffer => message('E', fieldsBody(fields)),
