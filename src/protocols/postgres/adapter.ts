@@ -51,11 +51,10 @@ interface Recorded extends Tracked {
   event: AuditEvent;
   /** Masking for this statement's results, when its decision carries mask rules. */
   masker?: Masker;
-  /** The column plan for the rows arriving now, and the columns it was made for. */
-  plan?: ColumnPlan;
+  /** Column plans of the statement's result sets; the last one is for the rows arriving now... */
+  plans?: ColumnPlan[];
+  /** ...and was made for these columns. */
   planFields?: FieldDescription[];
-  /** Plans of earlier result sets of the same statement (a multi-statement Query), for the record. */
-  donePlans?: ColumnPlan[];
 }
 
 /** Longest statement text the gateway classifies; longer ones are refused (parsing runs on the shared event loop). */
@@ -531,15 +530,14 @@ class PgSession {
       throw new SessionGuardError('rows arrived for a statement whose columns were not described, so they cannot be masked (Describe the portal before Execute)');
     }
     if (rec.planFields !== fields) {
-      if (rec.plan) (rec.donePlans ??= []).push(rec.plan);
       // A result column carries its alias; rules are about the table's real column.
-      rec.plan = rec.masker.plan(fields.map((f) => {
+      (rec.plans ??= []).push(rec.masker.plan(fields.map((f) => {
         const table = this.tables.get(f.tableOid);
         return { name: table?.columns.get(f.column) ?? f.name, table: table?.name };
-      }));
+      })));
       rec.planFields = fields;
     }
-    const plan = rec.plan!;
+    const plan = rec.plans!.at(-1)!;
     if (!plan.active) return frame.raw;
     const values = decodeDataRow(frame.body);
     let changed = false;
@@ -638,7 +636,7 @@ class PgSession {
     if (t.rows !== undefined) t.event.rows = t.rows;
     if (t.error) t.event.error = t.error;
     if (t.skipped) t.event.error = 'not executed: an earlier message of its batch failed';
-    const masked = [...(t.donePlans ?? []), ...(t.plan ? [t.plan] : [])].flatMap((p) => p.stats());
+    const masked = (t.plans ?? []).flatMap((p) => p.stats());
     if (masked.length) t.event.detail = { ...t.event.detail, masked };
     this.deps.audit(t.event);
   }
