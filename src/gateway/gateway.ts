@@ -102,7 +102,7 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
       openTarget: (name, params) => agent.open(name, params),
       cancelTarget: (name, pid, key) => agent.cancel(name, pid, key),
       tableNames: (name, oids) => agent.tableNames(name, oids),
-      masker: maskers(loadOrCreateHashKey(config)),
+      masker: maskers(loadOrCreateHashKey(config), policies),
       audit,
       log,
       tls: { cert: tls.cert, key: tls.key },
@@ -150,16 +150,25 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
   }
 }
 
-/** One masking engine per distinct set of mask rules (policies are few; decisions are many). */
-function maskers(hashKey: Buffer): (rules: MaskRuleRef[]) => Masker | undefined {
+/**
+ * One masking engine per distinct set of mask rules (policies are few; decisions are many),
+ * with the custom detectors of the bundle in force. Emptied when the bundle changes: the same
+ * rules may name a detector that the reload redefined.
+ */
+function maskers(hashKey: Buffer, policies: PolicyHolder): (rules: MaskRuleRef[]) => Masker | undefined {
   const cache = new Map<string, Masker>();
+  let bundle = policies.current;
   return (rules) => {
     if (rules.length === 0) return undefined;
+    if (policies.current !== bundle) {
+      bundle = policies.current;
+      cache.clear();
+    }
     const key = JSON.stringify(rules);
     let m = cache.get(key);
     if (!m) {
       if (cache.size >= 1000) cache.clear();
-      cache.set(key, (m = new Masker(rules, { hashKey })));
+      cache.set(key, (m = new Masker(rules, { hashKey, detectors: bundle.detectors })));
     }
     return m;
   };

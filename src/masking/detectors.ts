@@ -18,11 +18,10 @@ export type Span = [start: number, end: number];
 
 export interface Detector {
   readonly name: string;
-  /**
-   * Optional cheap prefilter: when it does not match, `find` returns nothing. Must have no flags
-   * (the engine combines the prefilters of several detectors into one regex).
-   */
+  /** Optional cheap prefilter: when it does not match, `find` returns nothing. */
   readonly quick?: RegExp;
+  /** Optional: texts shorter than this (in UTF-16 units) never contain a hit, so they are not even decoded. */
+  readonly minLength?: number;
   /** Spans to mask, in any order (they may overlap; the engine merges them). */
   find(text: string): Span[];
 }
@@ -85,7 +84,9 @@ const CARD_RE = /(?<![0-9A-Za-z_]|\d[ -])\d(?:[ -]?\d){12,18}(?![0-9A-Za-z_]|[ -
 
 const creditCard: Detector = {
   name: 'credit_card',
-  quick: /\d{4}/,
+  minLength: 13,
+  // 13 digits, separated or not: most numbers in text are shorter.
+  quick: /\d(?:[ -]?\d){12}/,
   find(text) {
     const spans: Span[] = [];
     each(CARD_RE, text, (m) => {
@@ -113,20 +114,42 @@ function isLocalCode(c: number): boolean {
 function isDomainCode(c: number): boolean {
   return isAlnumCode(c) || c === 46 || c === 45;
 }
-const LABEL_RE = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
 const TLD_RE = /^(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$/;
 /** File extensions that look like TLDs in `icon@2x.png` and friends. */
 const NOT_TLDS = new Set(['png', 'jpg', 'jpeg', 'gif', 'svg', 'webp', 'bmp', 'ico', 'tif', 'tiff', 'css', 'js', 'mjs', 'cjs', 'ts', 'map', 'json', 'yaml', 'yml', 'txt', 'md', 'html', 'htm']);
 
 /** True when the `@` at `at` is inside the authority of a URL (`scheme://user:pw@host`): a host follows, not a mail domain. */
 function inUrlAuthority(text: string, at: number): boolean {
-  const before = text.slice(Math.max(0, at - 300), at);
-  const slash = before.lastIndexOf('://');
-  return slash >= 0 && !/[\s/?#"'`<>\\]/.test(before.slice(slash + 3));
+  const slash = text.lastIndexOf('://', at);
+  if (slash < 0 || at - slash > 300) return false;
+  for (let i = slash + 3; i < at; i++) if (URL_AUTHORITY_END.has(text.charCodeAt(i))) return false;
+  return true;
+}
+/** Characters that end a URL's authority: whitespace, / ? # and quotes/brackets. */
+const URL_AUTHORITY_END = new Set([...' \t\n\r\f\v/?#"\'`<>\\'].map((c) => c.charCodeAt(0)));
+
+/** A domain of at least two labels (each 1-63 letters, digits, inner dashes) ending in a plausible TLD. */
+function validDomain(domain: string): boolean {
+  if (domain.length > 253) return false;
+  let start = 0;
+  let labels = 0;
+  for (;;) {
+    let end = domain.indexOf('.', start);
+    if (end < 0) end = domain.length;
+    const n = end - start;
+    if (n < 1 || n > 63 || domain.charCodeAt(start) === 45 || domain.charCodeAt(end - 1) === 45) return false;
+    labels++;
+    if (end === domain.length) {
+      const tld = domain.slice(start);
+      return labels >= 2 && TLD_RE.test(tld) && !NOT_TLDS.has(tld.toLowerCase());
+    }
+    start = end + 1;
+  }
 }
 
 const email: Detector = {
   name: 'email',
+  minLength: 6, // a@b.cd
   quick: /@/,
   find(text) {
     const spans: Span[] = [];
@@ -144,14 +167,10 @@ const email: Detector = {
       while (e > at + 1 && (text[e - 1] === '.' || text[e - 1] === '-')) e--;
       while (s < at && text[s] === '.') s++;
       const local = text.slice(s, at);
-      const domain = text.slice(at + 1, e);
-      const labels = domain.split('.');
-      const tld = labels[labels.length - 1];
       const ok =
         !tooLong && local.length > 0 &&
         !local.endsWith('.') && !local.includes('..') &&
-        labels.length >= 2 && domain.length <= 253 && labels.every((l) => LABEL_RE.test(l)) &&
-        TLD_RE.test(tld) && !NOT_TLDS.has(tld.toLowerCase()) &&
+        validDomain(text.slice(at + 1, e)) &&
         !inUrlAuthority(text, at);
       if (ok) {
         spans.push([s, e]);

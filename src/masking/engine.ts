@@ -41,6 +41,11 @@ export interface ColumnPlan {
   /** Per column: 'none' | 'whole' (column rule: the whole value is replaced) | 'scan' (detectors look inside). */
   readonly modes: ReadonlyArray<'none' | 'whole' | 'scan'>;
   /**
+   * Per column: values shorter than this (UTF-16 units; a UTF-8 byte length is never less) are
+   * returned unchanged, so callers may skip decoding them. 0 for 'whole' columns.
+   */
+  readonly minLengths: ReadonlyArray<number>;
+  /**
    * Masks one value of column i (text form). Returns the masked text, or null when the strategy
    * is `null`. Unchanged values are returned as the same string, so callers can detect "no
    * change" with ===.
@@ -103,8 +108,8 @@ export function columnMatches(p: ColumnPattern, col: ColumnMeta): boolean {
 interface DetectPlan {
   detectors: Detector[];
   strategies: MaskStrategy[];
-  /** Union of the detectors' prefilters; undefined when one detector has none. */
-  quick?: RegExp;
+  /** Shortest text any of the detectors can find something in. */
+  minLength: number;
   /** Label for stats: the strategies used, strictest first. */
   label: string;
 }
@@ -113,11 +118,9 @@ function buildDetectPlan(byDetector: Map<string, { detector: Detector; strategy:
   const entries = [...byDetector.values()];
   const detectors = entries.map((e) => e.detector);
   const strategies = entries.map((e) => e.strategy);
-  const quick = detectors.every((d) => d.quick)
-    ? new RegExp(detectors.map((d) => `(?:${d.quick!.source})`).join('|'))
-    : undefined;
+  const minLength = Math.min(...detectors.map((d) => d.minLength ?? 0));
   const label = [...new Set(strategies)].sort((a, b) => STRICTNESS[b] - STRICTNESS[a]).join(',');
-  return { detectors, strategies, quick, label };
+  return { detectors, strategies, minLength, label };
 }
 
 interface Hit {
@@ -131,27 +134,28 @@ interface Hit {
  * when a hit's strategy is `null` and the value is a column value (`inText` false).
  */
 function scan(plan: DetectPlan, value: string, key: Buffer, inText: boolean): string | null {
-  if (plan.quick && !plan.quick.test(value)) return value;
+  if (value.length < plan.minLength) return value;
   let hits: Hit[] | undefined;
   for (let k = 0; k < plan.detectors.length; k++) {
     const d = plan.detectors[k];
-    if (d.quick && plan.detectors.length > 1 && !d.quick.test(value)) continue;
+    if (d.quick && !d.quick.test(value)) continue;
     const spans: Span[] = d.find(value);
-    if (spans.length === 0) continue;
-    hits ??= [];
-    for (const [start, end] of spans) if (end > start) hits.push({ start, end, strategy: plan.strategies[k] });
+    for (const [start, end] of spans) if (end > start) (hits ??= []).push({ start, end, strategy: plan.strategies[k] });
   }
-  if (!hits || hits.length === 0) return value;
-  hits.sort((a, b) => a.start - b.start || b.end - a.end);
-  // Merge overlapping hits; the merged span takes the strictest strategy.
-  const merged: Hit[] = [{ ...hits[0] }];
-  for (let h = 1; h < hits.length; h++) {
-    const cur = hits[h];
-    const last = merged[merged.length - 1];
-    if (cur.start < last.end) {
-      if (cur.end > last.end) last.end = cur.end;
-      last.strategy = stricter(last.strategy, cur.strategy);
-    } else merged.push({ ...cur });
+  if (!hits) return value;
+  let merged = hits;
+  if (hits.length > 1) {
+    hits.sort((a, b) => a.start - b.start || b.end - a.end);
+    // Merge overlapping hits; the merged span takes the strictest strategy.
+    merged = [{ ...hits[0] }];
+    for (let h = 1; h < hits.length; h++) {
+      const cur = hits[h];
+      const last = merged[merged.length - 1];
+      if (cur.start < last.end) {
+        if (cur.end > last.end) last.end = cur.end;
+        last.strategy = stricter(last.strategy, cur.strategy);
+      } else merged.push({ ...cur });
+    }
   }
   if (!inText && merged.some((h) => h.strategy === 'null')) return null;
   let out = '';
@@ -274,6 +278,7 @@ export class Masker {
 class Plan implements ColumnPlan {
   readonly active: boolean;
   readonly modes: ReadonlyArray<'none' | 'whole' | 'scan'>;
+  readonly minLengths: ReadonlyArray<number>;
   readonly #res: Resolution[];
   readonly #columns: ColumnMeta[];
   readonly #key: Buffer;
@@ -284,6 +289,7 @@ class Plan implements ColumnPlan {
     this.#columns = columns;
     this.#key = key;
     this.modes = Object.freeze(res.map((r) => r.mode));
+    this.minLengths = Object.freeze(res.map((r) => (r.mode === 'scan' ? r.plan.minLength : r.mode === 'none' ? Infinity : 0)));
     this.active = res.some((r) => r.mode !== 'none');
     this.#counts = new Array<number>(res.length).fill(0);
   }

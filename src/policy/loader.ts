@@ -7,8 +7,10 @@ import { readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node as YamlNode } from 'yaml';
 import type { ConnectionInfo } from '../core/types.ts';
+import { compileDetector } from '../masking/custom.ts';
+import type { Detector } from '../masking/detectors.ts';
 import {
-  ALLOWED_KEYS, CONNECTION_SECRET_KEYS, PolicyFileSchema, type ConnectionDecl, type Policy,
+  ALLOWED_KEYS, CONNECTION_SECRET_KEYS, DETECTORS, PolicyFileSchema, type ConnectionDecl, type Policy,
 } from './schema.ts';
 
 export interface PolicyProblem {
@@ -34,9 +36,11 @@ export interface PolicyBundle {
   connections: ConnectionInfo[];
   /** In file order (files sorted by path), then in order within each file. */
   policies: Policy[];
+  /** Custom detectors declared in the folder (`detectors:`), by name; mask rules use them. */
+  detectors: Readonly<Record<string, Detector>>;
   /** Files read, relative to `dir`, sorted. */
   files: string[];
-  /** Where each policy and connection is defined, keyed `policy:<name>` / `connection:<name>`. */
+  /** Where each policy, connection and detector is defined, keyed `policy:<name>`, `connection:<name>`, `detector:<name>`. */
   origins?: Record<string, SourceLocation>;
 }
 
@@ -139,8 +143,10 @@ export function loadPolicyFiles(
   const problems: PolicyProblem[] = [];
   const connections: ConnectionInfo[] = [];
   const policies: Policy[] = [];
+  const detectors: Record<string, Detector> = {};
   const origins: Record<string, SourceLocation> = {};
   const refs: { policy: string; name: string; loc: SourceLocation }[] = [];
+  const detectorRefs: { name: string; loc: SourceLocation }[] = [];
 
   for (const f of sorted) {
     const lc = new LineCounter();
@@ -182,6 +188,18 @@ export function loadPolicyFiles(
       origins[`connection:${c.name}`] = loc;
       connections.push({ name: c.name, type: c.type, tags: { ...(c.tags ?? {}) } });
     });
+    (parsed.data.detectors ?? []).forEach((d, i) => {
+      const loc = locator.at(['detectors', i, 'name']);
+      const prev = origins[`detector:${d.name}`];
+      if (prev) {
+        problems.push({ ...loc, message: `duplicate detector name "${d.name}" (first declared at ${fmtLoc(prev)})` });
+        return;
+      }
+      origins[`detector:${d.name}`] = loc;
+      const compiled = compileDetector(d);
+      if ('error' in compiled) problems.push({ ...locator.at(['detectors', i, 'regex']), message: `detector "${d.name}": ${compiled.error}` });
+      else detectors[d.name] = compiled.detector;
+    });
     (parsed.data.policies ?? []).forEach((p: Policy, i) => {
       const loc = locator.at(['policies', i, 'name']);
       const prev = origins[`policy:${p.name}`];
@@ -196,18 +214,28 @@ export function loadPolicyFiles(
           refs.push({ policy: p.name, name: sel, loc: locator.at(['policies', i, 'connections', j]) });
         }
       });
+      (p.mask ?? []).forEach((m, j) => m.detect?.forEach((name, k) => {
+        detectorRefs.push({ name, loc: locator.at(['policies', i, 'mask', j, 'detect', k]) });
+      }));
     });
   }
 
-  // Skipped when a file is broken: its connections are unknown, so these would be noise.
+  // Skipped when a file is broken: its connections and detectors are unknown, so these would be noise.
+  const broken = problems.length > 0;
   const declared = new Set(connections.map((c) => c.name));
-  for (const r of problems.length ? [] : refs) {
+  for (const r of broken ? [] : refs) {
     if (!declared.has(r.name)) {
       const known = [...declared].sort();
       problems.push({
         ...r.loc,
         message: `policy "${r.policy}" refers to unknown connection "${r.name}" (declared: ${known.length ? known.join(', ') : 'none'})`,
       });
+    }
+  }
+  const detectorNames = new Set<string>([...DETECTORS, ...Object.keys(detectors)]);
+  for (const r of broken ? [] : detectorRefs) {
+    if (!detectorNames.has(r.name)) {
+      problems.push({ ...r.loc, message: `unknown detector "${r.name}" (valid: ${[...detectorNames].join(', ')})` });
     }
   }
   if (problems.length === 0 && policies.length === 0) {
@@ -220,7 +248,7 @@ export function loadPolicyFiles(
 
   const version = typeof opts.version === 'function' ? opts.version() : opts.version ?? hashSorted(sorted);
   return {
-    bundle: { dir, version, connections, policies, files: sorted.map((f) => f.path), origins },
+    bundle: { dir, version, connections, policies, detectors, files: sorted.map((f) => f.path), origins },
     problems: [],
   };
 }
@@ -390,6 +418,7 @@ function objectKind(path: Path): keyof typeof ALLOWED_KEYS | undefined {
   const p = path.map((s) => (typeof s === 'number' ? '#' : s)).join('/');
   if (p === '') return 'file';
   if (p === 'connections/#') return 'connection';
+  if (p === 'detectors/#') return 'detector';
   if (p === 'policies/#') return 'policy';
   if (p === 'policies/#/subjects/#') return 'subject';
   if (p === 'policies/#/connections/#') return 'selector';

@@ -1,4 +1,4 @@
-// Schemas of the policy folder: connection declarations and policies.
+// Schemas of the policy folder: connection declarations, custom detectors and policies.
 // Every object is strict: an unknown key is an error, so a typo never silently widens or
 // narrows a policy. The same schemas produce `schema/policy.schema.json` for editors.
 
@@ -14,6 +14,10 @@ export const DETECTORS = [
   'gitlab_token', 'slack_token', 'jwt', 'private_key', 'url_password',
 ] as const;
 export type DetectorName = (typeof DETECTORS)[number];
+
+/** Named checks a custom regex detector can apply to its matches (src/masking/custom.ts). */
+export const VALIDATORS = ['luhn', 'credit_card', 'iban', 'ssn'] as const;
+export type ValidatorName = (typeof VALIDATORS)[number];
 
 export const DAYS = ['sun', 'mon', 'tue', 'wed', 'thu', 'fri', 'sat'] as const;
 export type Day = (typeof DAYS)[number];
@@ -36,6 +40,7 @@ export const CONNECTION_SECRET_KEYS = [
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.:@/-]*$/;
 const CONNECTION_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+const DETECTOR_NAME_RE = /^[a-z][a-z0-9_]{0,63}$/;
 const DURATION_RE = /^(?:\d+w)?(?:\d+d)?(?:\d+h)?(?:\d+m)?(?:\d+s)?$/;
 const DURATION_UNITS = { w: 604_800_000, d: 86_400_000, h: 3_600_000, m: 60_000, s: 1000 } as const;
 const HOURS_RE = /^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$/;
@@ -288,13 +293,13 @@ export const MaskRuleSchema = z
   .strictObject({
     name: nameString('rule name').optional(),
     columns: globList('columns').optional().describe('Column globs: "table.column", "schema.table.column" or "column"'),
+    // Names are checked by the loader: custom detectors are declared in any file of the folder.
+    // The built-in names are examples, so editors still offer them.
     detect: z
-      .array(z.enum(DETECTORS, {
-        error: (iss) => `unknown detector ${JSON.stringify(iss.input)} (valid: ${list(DETECTORS)})`,
-      }))
+      .array(nonEmpty('detector name').meta({ examples: [...DETECTORS] }))
       .min(1, { error: 'detect must not be empty' })
       .optional()
-      .describe('Value detectors applied to every returned value'),
+      .describe(`Value detectors applied to every returned value: built-in (${list(DETECTORS)}) or declared under \`detectors\``),
     with: z.enum(MASK_STRATEGIES, {
       error: (iss) => iss.input === undefined
         ? `missing required key "with" (one of: ${list(MASK_STRATEGIES)})`
@@ -348,8 +353,40 @@ export const ConnectionSchema = z.strictObject({
 }).describe('A connection: no addresses or credentials (those live with the agent)');
 export type ConnectionDecl = z.infer<typeof ConnectionSchema>;
 
+export const CustomDetectorSchema = z
+  .strictObject({
+    name: z.string()
+      .regex(DETECTOR_NAME_RE, {
+        error: 'detector name must start with a lower-case letter and contain only a-z, 0-9 and _ (at most 64 characters)',
+      })
+      .refine((n) => !(DETECTORS as readonly string[]).includes(n), {
+        error: (iss) => `${JSON.stringify(iss.input)} is the name of a built-in detector; choose another name`,
+      })
+      .describe('Unique across the policy folder; mask rules name it in `detect`'),
+    description: z.string().optional(),
+    regex: nonEmpty('regex').max(1000, { error: 'regex must be at most 1000 characters' }).optional()
+      .describe('RE2 syntax (no look-around, no backreferences); every match is masked'),
+    validator: z.enum(VALIDATORS, {
+      error: (iss) => `unknown validator ${JSON.stringify(iss.input)} (valid: ${list(VALIDATORS)})`,
+    }).optional().describe('Check applied to each regex match; matches that fail it are not masked'),
+    words: z.array(nonEmpty('word')).min(1, { error: 'words must not be empty' })
+      .max(10_000, { error: 'words must have at most 10000 entries' }).optional()
+      .describe('Whole words (or phrases) to mask'),
+    case_sensitive: z.boolean().optional()
+      .describe('Default: true for regex, false for words'),
+  })
+  .refine((d) => (d.regex === undefined) !== (d.words === undefined), {
+    error: 'a detector needs exactly one of regex, words',
+  })
+  .refine((d) => d.validator === undefined || d.regex !== undefined, {
+    error: 'validator applies to regex detectors only', path: ['validator'],
+  })
+  .describe('A custom masking detector: a regex or a word list');
+export type CustomDetectorDecl = z.infer<typeof CustomDetectorSchema>;
+
 export const PolicyFileSchema = z.strictObject({
   connections: z.array(ConnectionSchema).optional(),
+  detectors: z.array(CustomDetectorSchema).optional(),
   policies: z.array(PolicySchema).optional(),
 });
 export type PolicyFile = z.infer<typeof PolicyFileSchema>;
@@ -358,6 +395,7 @@ export type PolicyFile = z.infer<typeof PolicyFileSchema>;
 export const ALLOWED_KEYS = {
   file: Object.keys(PolicyFileSchema.shape),
   connection: Object.keys(ConnectionSchema.shape),
+  detector: Object.keys(CustomDetectorSchema.shape),
   policy: Object.keys(PolicySchema.shape),
   subject: Object.keys(SubjectMatcherSchema.shape),
   selector: Object.keys(TagSelectorSchema.shape),
@@ -374,7 +412,7 @@ export function policyJsonSchema(): Record<string, unknown> {
   return {
     $schema: schema.$schema,
     title: 'Airlock policy file',
-    description: 'A file of the Airlock policy folder: connections (no secrets) and/or policies. See docs/policy.md.',
+    description: 'A file of the Airlock policy folder: connections (no secrets), custom masking detectors and/or policies. See docs/policy.md.',
     ...Object.fromEntries(Object.entries(schema).filter(([k]) => k !== '$schema')),
   };
 }

@@ -109,7 +109,7 @@ test('pg driver (extended protocol, prepared statements): the same masking; comp
   }
 });
 
-test('RETURNING rows and error messages are masked; COPY is refused while masking applies', async () => {
+test('RETURNING rows and error messages are masked', async () => {
   const ret = await psql(gw.conninfo('analytics', 'ci-runner'), ci,
     "INSERT INTO customers (name, email, card_number) VALUES ('Bob', 'bob@example.com', '6011 0000 0000 0004') RETURNING email, card_number");
   assert.equal(ret.code, 0, ret.stderr);
@@ -119,10 +119,6 @@ test('RETURNING rows and error messages are masked; COPY is refused while maskin
   assert.notEqual(dup.code, 0);
   assert.match(dup.stderr, /duplicate key value violates unique constraint/);
   assert.doesNotMatch(dup.stderr, /ada@example\.com/, 'the unique-violation detail does not leak the email');
-  const copy = await psql(gw.conninfo('analytics', 'ci-runner'), ci, 'COPY customers TO STDOUT');
-  assert.notEqual(copy.code, 0);
-  assert.match(copy.stderr, /COPY output cannot be masked yet/);
-  assert.doesNotMatch(copy.stdout, /4111/);
 });
 
 test('the audit records which columns and how many values were masked, never the values', async () => {

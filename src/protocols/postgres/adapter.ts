@@ -14,13 +14,14 @@ import { randomBytes, randomInt } from 'node:crypto';
 import type { AuditEvent, ConnectionInfo, Decision, Identity, MaskRuleRef, Request, SqlRequestInfo } from '../../core/types.ts';
 import type { ColumnPlan, Masker } from '../../masking/engine.ts';
 import {
-  DEFAULT_MAX_MESSAGE, FrameReader, ProtocolError, decodeBackendKey, decodeBind, decodeCommandTag, decodeDataRow, decodeErrorFields,
+  DEFAULT_MAX_MESSAGE, FrameReader, ProtocolError, decodeBackendKey, decodeBind, decodeCommandTag, dataRowCells, decodeErrorFields,
   decodeExecute, decodeParameterStatus, decodeParse, decodeQuery, decodeReadyStatus, decodeRowDescription, decodeStartup, decodeTarget, encode,
   errorFields, rowsFromTag, type ErrorFields, type FieldDescription, type Frame,
 } from './codec.ts';
 import type { TargetConnection } from './target.ts';
 import type { TableInfo } from '../../agent/agent.ts';
 import { Pipeline, type Lookup, type Tracked } from './pipeline.ts';
+import { copyOutFormat, decodeCopyRow, describeCopyQuery, encodeCopyRow, forceQuoteMask, parseCopyStatement, type CopyFormat } from './copy-out.ts';
 import { isLoopback } from '../../core/net.ts';
 
 export interface PgAdapterDeps {
@@ -55,6 +56,16 @@ interface Recorded extends Tracked {
   plans?: ColumnPlan[];
   /** ...and was made for these columns. */
   planFields?: FieldDescription[];
+  /** For a masked `COPY ... TO STDOUT`: how its rows are written, and their columns' plan. */
+  copy?: CopyMasking;
+}
+
+interface CopyMasking {
+  format: CopyFormat;
+  plan: ColumnPlan;
+  forceQuote: boolean[];
+  /** The next row is the header line (column names): passed as it is. */
+  header: boolean;
 }
 
 /** Longest statement text the gateway classifies; longer ones are refused (parsing runs on the shared event loop). */
@@ -125,6 +136,10 @@ class PgSession {
   private readonly tables = new Map<number, TableInfo | undefined>();
   /** Mask rules of the latest allowed statement: applied to notices and errors that carry values. */
   private lastMasker?: Masker;
+  /** Set while the target answers the gateway's own Describe (for COPY masking): those answers are not the client's. */
+  private own?: { fields?: FieldDescription[]; error?: string; done: () => void };
+  /** Resolved when the target has answered everything the client sent. */
+  private idleWaiter?: () => void;
   private counts = { statements: 0, denied: 0 };
   private readonly startedAt = Date.now();
   private startupTimer?: NodeJS.Timeout;
@@ -304,12 +319,22 @@ class PgSession {
     switch (frame.type) {
       case 'Q': {
         const text = decodeQuery(frame.body);
-        const decision = await this.check(text);
+        const decision = await this.check(text, { copyMaskable: true });
         if (!decision) return;
         if (decision.verdict.action !== 'allow') return this.refuse(frame.type, decision.verdict, decision.info);
+        const tracked = this.tracked(decision.event, decision.verdict);
+        if (tracked?.masker && hasCopy(decision.info)) {
+          const refusal = await this.prepareCopyMasking(text, tracked);
+          if (this.phase !== 'ready') return;
+          if (refusal) {
+            const verdict: Decision = { ...decision.verdict, action: 'deny', rule: 'mask', reason: refusal };
+            this.recordRefusal(text, decision.info, verdict);
+            return this.refuse(frame.type, verdict, decision.info);
+          }
+        }
         const holds = changesSessionState(decision.info);
         if (holds) this.barrier = 'until-ready';
-        this.pipeline.query(this.tracked(decision.event, decision.verdict), undefined, holds);
+        this.pipeline.query(tracked, undefined, holds);
         this.toTarget(frame.raw);
         return;
       }
@@ -385,7 +410,7 @@ class PgSession {
    * Classifies and decides one statement text. Returns undefined when the session was ended
    * (token revoked or expired).
    */
-  private async check(text: string, opts: { auditAllowed?: boolean } = {}): Promise<{ verdict: Decision; info: SqlRequestInfo; event?: AuditEvent } | undefined> {
+  private async check(text: string, opts: { auditAllowed?: boolean; copyMaskable?: boolean } = {}): Promise<{ verdict: Decision; info: SqlRequestInfo; event?: AuditEvent } | undefined> {
     const identity = this.identity!;
     if (!(await this.deps.isIdentityActive(identity))) {
       this.deps.audit({ ...this.eventBase('statement'), statement: auditText(text), decision: 'deny', reason: 'token revoked or expired' });
@@ -396,12 +421,12 @@ class PgSession {
       ? { text, statements: [], parseError: `statement of ${text.length} characters is longer than the ${MAX_STATEMENT_CHARS} Airlock inspects` }
       : this.deps.classify(text);
     let verdict = this.deps.decide(identity, this.request(info));
-    if (verdict.action === 'allow' && verdict.masks.length &&
-      info.statements.some((st) => st.operations.some((op) => op.type === 'sql' && op.kind === 'copy'))) {
-      // COPY output carries no column names: it cannot be masked yet, so it is refused.
+    if (verdict.action === 'allow' && verdict.masks.length && hasCopy(info) && !(opts.copyMaskable && info.statements.length === 1)) {
+      // The gateway learns a COPY's columns by describing its query before it runs, which it
+      // does only for a lone COPY sent as a simple query.
       const by = [...new Set(verdict.masks.map((m) => m.policy))].join(', ');
       verdict = { ...verdict, action: 'deny', policy: verdict.masks[0].policy, rule: 'mask',
-        reason: `policy ${by} requires masking, and COPY output cannot be masked yet: use SELECT` };
+        reason: `policy ${by} requires masking: COPY output is masked only for a single COPY ... TO STDOUT sent as a simple query` };
     }
     if (verdict.action !== 'allow') {
       this.recordRefusal(text, info, verdict);
@@ -472,6 +497,10 @@ class PgSession {
     try {
       let frame: Frame | undefined;
       while (this.phase !== 'closed' && (frame = this.targetReader.next())) {
+        if (this.own && frame.type !== 'S') {
+          this.onOwnAnswer(frame);
+          continue;
+        }
         if (frame.type === 'D') {
           const missing = this.tablesToLookUp();
           if (missing) {
@@ -482,6 +511,11 @@ class PgSession {
           }
         }
         out.push(this.onTargetMessage(frame));
+        if (this.idleWaiter && this.pipeline.pending === 0) {
+          const idle = this.idleWaiter;
+          this.idleWaiter = undefined;
+          idle();
+        }
       }
       this.flushToClient(out);
     } catch (err) {
@@ -539,18 +573,102 @@ class PgSession {
     }
     const plan = rec.plans!.at(-1)!;
     if (!plan.active) return frame.raw;
-    const values = decodeDataRow(frame.body);
+    const body = frame.body;
+    const cells = dataRowCells(body);
+    if (cells.length !== 2 * fields.length) throw new SessionGuardError('a row does not have the columns its description announced, so it cannot be masked');
+    let changes: (Buffer | string | null | undefined)[] | undefined;
+    for (let i = 0; i < fields.length; i++) {
+      if (cells[2 * i + 1] < 0 || plan.modes[i] === 'none') continue;
+      const masked = maskValue(plan, i, fields[i], body, cells[2 * i], cells[2 * i + 1]);
+      if (masked !== undefined) (changes ??= [])[i] = masked;
+    }
+    return changes ? encode.dataRowPatched(body, cells, changes) : frame.raw;
+  }
+
+  /**
+   * Before a masked `COPY ... TO STDOUT` runs, learns its columns: describes its query on the
+   * session itself (same search_path, temporary tables and privileges; nothing is executed) and
+   * plans the masking of its rows. Returns why it cannot be masked, or undefined when it can.
+   */
+  private async prepareCopyMasking(text: string, rec: Recorded): Promise<string | undefined> {
+    const stmt = parseCopyStatement(text);
+    if (!stmt) return 'COPY output can be masked only for a single COPY statement';
+    if (stmt.is_from === true) return undefined; // COPY FROM sends the client no rows
+    const format = copyOutFormat(stmt);
+    if ('error' in format) return format.error;
+    const query = describeCopyQuery(text, stmt);
+    if ('error' in query) return query.error;
+    const described = await this.describeOwn(query.text);
+    if (described.error !== undefined) return `the columns of this COPY cannot be described, so its output cannot be masked (${described.error})`;
+    const fields = described.fields ?? [];
+    const missing = [...new Set(fields.map((f) => f.tableOid).filter((oid) => oid !== 0 && !this.tables.has(oid)))];
+    if (missing.length) await this.lookUpTables(missing);
+    const plan = rec.masker!.plan(fields.map((f) => {
+      const table = this.tables.get(f.tableOid);
+      return { name: table?.columns.get(f.column) ?? f.name, table: table?.name };
+    }));
+    (rec.plans ??= []).push(plan);
+    const forceQuote = forceQuoteMask(format, fields.map((f) => f.name));
+    rec.copy = { format, plan, forceQuote, header: format.header };
+    return undefined;
+  }
+
+  /** Sends the target the gateway's own Parse/Describe/Close/Sync once the client's messages are all answered. */
+  private async describeOwn(query: string): Promise<{ fields?: FieldDescription[]; error?: string }> {
+    if (this.pipeline.pending > 0) await new Promise<void>((resolve) => (this.idleWaiter = resolve));
+    if (this.phase !== 'ready') return { error: 'session closed' };
+    const name = `airlock_describe_${randomBytes(8).toString('hex')}`;
+    return new Promise((resolve) => {
+      const own: NonNullable<typeof this.own> = { done: () => resolve(own) };
+      this.own = own;
+      this.toTarget(Buffer.concat([encode.parse(name, query), encode.describe('S', name), encode.close('S', name), encode.sync()]));
+    });
+  }
+
+  /** Answers to describeOwn: kept by the gateway, never forwarded (ParameterStatus excepted). */
+  private onOwnAnswer(frame: Frame): void {
+    const own = this.own!;
+    if (frame.type === 'T') own.fields = decodeRowDescription(frame.body);
+    else if (frame.type === 'E') own.error ??= this.maskText(decodeErrorFields(frame.body).M ?? 'error');
+    else if (frame.type === 'Z') {
+      this.own = undefined;
+      own.done();
+    }
+  }
+
+  /** Masks one row of a masked COPY's output (one CopyData message is one row). */
+  private maskCopyData(frame: Frame): Buffer {
+    const rec = this.pipeline.current()?.tracked as Recorded | undefined;
+    if (!rec?.masker) return frame.raw;
+    const copy = rec.copy;
+    if (!copy) throw new SessionGuardError('COPY output arrived for a statement whose columns are not known, so it cannot be masked');
+    if (copy.header) {
+      copy.header = false;
+      return frame.raw;
+    }
+    let values: (string | null)[];
+    try {
+      values = decodeCopyRow(frame.body, copy.format);
+    } catch (err) {
+      throw new SessionGuardError(`a COPY row could not be read, so it cannot be masked (${(err as Error).message})`);
+    }
+    if (values.length !== copy.plan.modes.length) throw new SessionGuardError('a COPY row does not have the columns its query described, so it cannot be masked');
     let changed = false;
     for (let i = 0; i < values.length; i++) {
       const v = values[i];
-      if (v === null || plan.modes[i] === 'none') continue;
-      const masked = maskValue(plan, i, fields[i], v);
+      if (v === null || copy.plan.modes[i] === 'none') continue;
+      const masked = copy.plan.mask(i, v);
       if (masked !== v) {
         values[i] = masked;
         changed = true;
       }
     }
-    return changed ? encode.dataRow(values) : frame.raw;
+    return changed ? encode.copyData(encodeCopyRow(values, copy.format, copy.forceQuote)) : frame.raw;
+  }
+
+  private maskText(text: string): string {
+    const masker = (this.pipeline.current()?.tracked as Recorded | undefined)?.masker ?? this.lastMasker;
+    return masker ? masker.maskText(text) : text;
   }
 
   /** Masks detector hits in the text of an error or notice (values leak through messages such as unique violations). */
@@ -593,6 +711,13 @@ class PgSession {
         return frame.raw;
       case 'D':
         return this.maskRow(frame);
+      case 'd':
+        return this.maskCopyData(frame);
+      case 'H':
+        if ((this.pipeline.current()?.tracked as Recorded | undefined)?.masker && frame.body[0] !== 0) {
+          throw new SessionGuardError('binary COPY output cannot be masked');
+        }
+        return frame.raw;
       case 'N':
         return this.maskMessage('N', decodeErrorFields(frame.body), frame.raw);
       case 'C':
@@ -711,6 +836,8 @@ class PgSession {
     this.phase = 'closed';
     this.onClosed();
     this.releaseBarrier();
+    this.idleWaiter?.();
+    this.own?.done();
     clearTimeout(this.startupTimer);
     if (this.gatewayKey) sessionsByKey.delete(this.gatewayKey);
     this.pipeline.abandon();
@@ -747,6 +874,10 @@ export function isSafeClientEncoding(name: string): boolean {
  * standard_conforming_strings): non-baseline SET, DO, CALL, set_config() and functions whose
  * effects are unknown.
  */
+function hasCopy(info: SqlRequestInfo): boolean {
+  return info.statements.some((st) => st.operations.some((op) => op.type === 'sql' && op.kind === 'copy'));
+}
+
 function changesSessionState(info: SqlRequestInfo): boolean {
   return info.statements.some((st) =>
     (!st.baseline && (st.kind === 'set' || st.kind === 'do' || st.kind === 'call')) ||
@@ -803,26 +934,28 @@ const JSONB = 3802;
 const INT_TYPES: Record<number, number> = { 21: 2, 23: 4, 20: 8 };
 
 /**
- * Masks one non-null value. Text format and text-like binary types are masked as text. Binary
+ * Masks one non-null value, the `len` bytes of `body` at `start`. Returns the replacement
+ * (undefined: unchanged). Text format and text-like binary types are masked as text. Binary
  * integers are read as decimal text for the detectors and sent as NULL when anything in them must
  * be masked (a masked text cannot be encoded back into an integer). Other binary values are sent
  * as NULL when a column rule names them, and passed when only detectors apply (they are not text).
  */
-function maskValue(plan: ColumnPlan, i: number, field: FieldDescription, value: Buffer): Buffer | null {
+function maskValue(plan: ColumnPlan, i: number, field: FieldDescription, body: Buffer, start: number, len: number): Buffer | string | null | undefined {
   if (field.format === 0 || TEXT_LIKE_TYPES.has(field.typeOid)) {
-    const text = value.toString('utf8');
+    if (len < plan.minLengths[i]) return undefined; // too short to hold anything to mask: not even decoded
+    const text = body.toString('utf8', start, start + len);
     const masked = plan.mask(i, text);
-    return masked === text ? value : masked === null ? null : Buffer.from(masked, 'utf8');
+    return masked === text ? undefined : masked;
   }
-  if (field.typeOid === JSONB && value[0] === 1) {
-    const text = value.toString('utf8', 1);
+  if (field.typeOid === JSONB && len > 0 && body[start] === 1) {
+    const text = body.toString('utf8', start + 1, start + len);
     const masked = plan.mask(i, text);
-    return masked === text ? value : masked === null ? null : Buffer.concat([value.subarray(0, 1), Buffer.from(masked, 'utf8')]);
+    return masked === text ? undefined : masked === null ? null : Buffer.concat([body.subarray(start, start + 1), Buffer.from(masked, 'utf8')]);
   }
   const size = INT_TYPES[field.typeOid];
-  if (size && value.length === size) {
-    const text = (size === 2 ? value.readInt16BE() : size === 4 ? value.readInt32BE() : value.readBigInt64BE()).toString();
-    return plan.mask(i, text) === text ? value : null;
+  if (size && len === size) {
+    const text = (size === 2 ? body.readInt16BE(start) : size === 4 ? body.readInt32BE(start) : body.readBigInt64BE(start)).toString();
+    return plan.mask(i, text) === text ? undefined : null;
   }
-  return plan.modes[i] === 'whole' ? null : value;
+  return plan.modes[i] === 'whole' ? null : undefined;
 }

@@ -292,6 +292,41 @@ export function decodeDataRow(body: Buffer): (Buffer | null)[] {
   return values;
 }
 
+/**
+ * DataRow cells without copies, for the masking hot path: [start, length] pairs of offsets into
+ * `body`, length -1 for NULL.
+ */
+export function dataRowCells(body: Buffer): Int32Array {
+  if (body.length < 2) throw new ProtocolError('DataRow too short');
+  const n = body.readInt16BE(0);
+  const cells = new Int32Array(2 * n);
+  let off = 2;
+  for (let i = 0; i < n; i++) {
+    if (off + 4 > body.length) throw new ProtocolError('DataRow truncated');
+    const len = body.readInt32BE(off);
+    off += 4;
+    if (len > body.length - off) throw new ProtocolError('DataRow truncated');
+    cells[2 * i] = off;
+    cells[2 * i + 1] = len;
+    if (len > 0) off += len;
+  }
+  return cells;
+}
+
+/** Buffer#copy for short runs by hand: the native call costs more than the copy (a hot path). */
+function copyBytes(src: Buffer, start: number, end: number, dst: Buffer, at: number): number {
+  if (end - start > 64) return src.copy(dst, at, start, end);
+  for (let i = start; i < end; i++) dst[at++] = src[i];
+  return end - start;
+}
+
+/** Writes `text` (of `size` UTF-8 bytes) at `off`; short ASCII by hand, which is faster than Buffer#write. */
+function writeUtf8(out: Buffer, text: string, off: number, size: number): number {
+  if (size !== text.length || size > 64) return out.write(text, off, size, 'utf8');
+  for (let i = 0; i < size; i++) out[off + i] = text.charCodeAt(i);
+  return size;
+}
+
 /** ReadyForQuery status: 'I' idle, 'T' in transaction, 'E' failed transaction. */
 export const decodeReadyStatus = (body: Buffer): string => String.fromCharCode(body[0] ?? 0x49);
 
@@ -402,6 +437,40 @@ export const encode = {
         off += 4 + v.length;
       }
     }
+    return out;
+  },
+  /**
+   * A DataRow from `body` (cells from dataRowCells) with some cells replaced: `changes[i]` is
+   * the new value (a string is written as UTF-8; null is NULL), undefined keeps cell i.
+   */
+  dataRowPatched(body: Buffer, cells: Int32Array, changes: (Buffer | string | null | undefined)[]): Buffer {
+    const n = cells.length / 2;
+    let len = 4 + body.length;
+    const sizes: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const c = changes[i];
+      if (c === undefined) continue;
+      sizes[i] = c === null ? -1 : typeof c === 'string' ? Buffer.byteLength(c) : c.length;
+      len += Math.max(0, sizes[i]) - Math.max(0, cells[2 * i + 1]);
+    }
+    const out = Buffer.allocUnsafe(1 + len);
+    out[0] = 0x44; // 'D'
+    out.writeInt32BE(len, 1);
+    // Unchanged cells are copied in runs (header and value together), straight from the body.
+    let off = 5;
+    let from = 0;
+    for (let i = 0; i < n; i++) {
+      const c = changes[i];
+      if (c === undefined) continue;
+      const header = cells[2 * i] - 4;
+      off += copyBytes(body, from, header, out, off);
+      from = cells[2 * i] + Math.max(0, cells[2 * i + 1]);
+      out.writeInt32BE(sizes[i], off);
+      off += 4;
+      if (typeof c === 'string') off += writeUtf8(out, c, off, sizes[i]);
+      else if (c !== null) off += copyBytes(c, 0, c.length, out, off);
+    }
+    copyBytes(body, from, body.length, out, off);
     return out;
   },
   commandComplete: (tag: string): Buffer => message('C', tag),
