@@ -72,8 +72,11 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
       console.log('dba (group dba: may read and write):');
       console.log(`  ${line(dba.token, 'dba')}`);
       console.log('');
+      const configArg = `--config ${path.relative(process.cwd(), path.join(dir, 'airlock.yaml')) || 'airlock.yaml'}`;
       console.log(`Try: SELECT * FROM customers;  then  DROP TABLE customers;`);
-      console.log(`Audit log: npx airlock audit list --config ${path.relative(process.cwd(), path.join(dir, 'airlock.yaml')) || 'airlock.yaml'}`);
+      console.log(`     DELETE FROM orders WHERE id = 1;  (as ci-runner: waits for a dba to approve it, from another terminal:)`);
+      console.log(`     AIRLOCK_TOKEN=${dba.token} npx airlock approvals approve <id> ${configArg}`);
+      console.log(`Audit log: npx airlock audit list ${configArg}`);
       console.log('Policies:  ' + path.join(dir, 'policies') + ' (edits are picked up live)');
       console.log('Press Ctrl-C to stop.');
       process.on('SIGHUP', () => gw.reloadPolicies());
@@ -221,6 +224,12 @@ policies:
     connections: [${DEMO_DB}]
     allow:
       - sql: [select, show, explain]
+    review:
+      - name: order-deletes
+        sql: [delete]
+        tables: [orders]
+        approvers: [group:dba]
+        timeout: 10m
     deny:
       - sql: [drop, truncate, alter, create, grant, revoke]
         message: DDL is not allowed from CI

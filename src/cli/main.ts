@@ -6,6 +6,7 @@ import { loadPolicyDir, formatProblems } from '../policy/loader.ts';
 import { durationMs } from '../policy/schema.ts';
 import type { Store } from '../store/store.ts';
 import { formatTable, printBanner, waitForStop } from './format.ts';
+import { registerApprovals } from './approvals.ts';
 // The gateway, the demo and the store are imported where they are used, so that `--help`,
 // `policy check` and friends start fast.
 
@@ -132,6 +133,8 @@ policy
     console.log(`ok: ${b.policies.length} policies, ${b.connections.length} connections in ${b.files.length} files (version ${b.version})`);
   });
 
+registerApprovals(program, configOption);
+
 const audit = program.command('audit').description('read the audit log');
 audit
   .command('list')
@@ -158,6 +161,8 @@ audit
       }))));
     });
   });
+
+(await import('./exec.ts')).registerExec(program);
 
 /** `--ttl`: 90s, 30m, 1h, 7d, 2w, compounds such as 1h30m; a bare number is seconds. */
 function parseTtl(text: string): number {

@@ -37,6 +37,14 @@ export const configSchema = z.strictObject({
   masking: z.strictObject({ hash_key: z.string().min(16, 'hash_key must have at least 16 characters') }).optional(),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
     .default({ level: 'info' }),
+  approvals: z.strictObject({
+    /** The API's address as approvers reach it, for links in notices and notifications. */
+    public_url: z.url({ error: 'public_url must be a URL such as https://airlock.example.com:8080' }).optional(),
+    notify: z.strictObject({
+      webhooks: z.array(z.strictObject({ url: z.url(), secret: z.string().min(16, 'webhook secret must have at least 16 characters') })).default([]),
+      slack: z.array(z.strictObject({ webhook_url: z.url() })).default([]),
+    }).default({ webhooks: [], slack: [] }),
+  }).default({ notify: { webhooks: [], slack: [] } }),
 });
 
 export type RawConfig = z.infer<typeof configSchema>;
@@ -54,6 +62,7 @@ export interface AirlockConfig {
   logLevel: RawConfig['log']['level'];
   /** Key of the `hash` mask strategy; generated once into the data directory when not configured. */
   maskingHashKey?: string;
+  approvals: { publicUrl?: string; notify: RawConfig['approvals']['notify'] };
 }
 
 export interface HostPort { host: string; port: number }
@@ -123,6 +132,7 @@ export function buildConfig(raw: unknown, baseDir: string, env: NodeJS.ProcessEn
     connections: c.agent.connections,
     logLevel: c.log.level,
     maskingHashKey: c.masking?.hash_key,
+    approvals: { publicUrl: c.approvals.public_url, notify: c.approvals.notify },
   };
 }
 

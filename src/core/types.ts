@@ -112,16 +112,80 @@ export interface Decision {
   reason: string;
   /** Version of the policy bundle that decided (git commit or content hash). */
   bundleVersion: string;
-  /** For review decisions: who may approve. */
+  /** For review decisions: who may approve (the union over the review rules that matched). */
   approvers?: string[];
+  /** For review decisions: what an approval must satisfy. */
+  approval?: ApprovalTerms;
+  /** Set when an approval request made this statement allowed: its id. */
+  approvalId?: string;
   /** Mask rules that apply to the response. */
   masks: MaskRuleRef[];
+}
+
+/** One review rule that matched: `minApprovals` distinct approvers it names must approve. */
+export interface ApprovalRequirement {
+  policy: string;
+  rule: string;
+  /** `group:<name>` or `user:<subject>`. */
+  approvers: string[];
+  minApprovals: number;
+}
+
+/** The terms of a review decision: every requirement must be met before `timeoutMs`. */
+export interface ApprovalTerms {
+  requirements: ApprovalRequirement[];
+  timeoutMs: number;
+  /** After approval, the requester may run statements these rules match, on this connection, for this long. */
+  grantMs?: number;
+}
+
+export type ApprovalStatus = 'pending' | 'approved' | 'rejected' | 'expired' | 'cancelled' | 'used';
+
+/** An approval request: one held statement (or the grant window its approval opened). */
+export interface ApprovalRecord {
+  /** `apr_` + 20 hex digits. */
+  id: string;
+  status: ApprovalStatus;
+  requester: { subject: string; issuer?: string; groups: string[] };
+  connection: string;
+  /** The statement as the requester sent it (what approvers read). */
+  statement: string;
+  /**
+   * sha256 over requester, connection, the normalized statement and its parameters: the
+   * approval is valid for exactly this request.
+   */
+  binding: string;
+  /** Why approval is needed (the deciding rule's reason) and the policy version that said so. */
+  reason: string;
+  policy?: string;
+  rule?: string;
+  bundleVersion: string;
+  terms: ApprovalTerms;
+  /** ISO-8601. */
+  createdAt: string;
+  expiresAt: string;
+  decidedAt?: string;
+  /** Set when approved with a grant window: matching statements run without asking until then. */
+  grantUntil?: string;
+  usedAt?: string;
+  decisions: ApprovalDecisionEntry[];
+}
+
+export interface ApprovalDecisionEntry {
+  by: string;
+  issuer?: string;
+  /** The approver's groups when it decided (what `group:` approvers are checked against). */
+  groups: string[];
+  verdict: 'approve' | 'reject';
+  reason?: string;
+  at: string;
 }
 
 /** Audit event types recorded in the store. */
 export type AuditEventType =
   | 'session.start' | 'session.end' | 'statement' | 'auth.failure' | 'protocol.error'
-  | 'token.create' | 'token.revoke' | 'policy.load' | 'policy.error';
+  | 'token.create' | 'token.revoke' | 'policy.load' | 'policy.error'
+  | 'approval.requested' | 'approval.approved' | 'approval.rejected' | 'approval.expired' | 'approval.cancelled' | 'approval.used';
 
 export interface AuditEvent {
   id?: number;

@@ -22,6 +22,9 @@ import type { AgentLink } from '../agent/agent.ts';
 import { loadOrCreateTls, type TlsMaterial } from './tls.ts';
 import { VERSION } from '../core/version.ts';
 import { isLoopback } from '../core/net.ts';
+import { Approvals } from '../approvals/service.ts';
+import { Notifier } from '../approvals/notify.ts';
+import { registerApprovalRoutes } from './approvals-api.ts';
 
 
 export class PolicyInvalidError extends Error {
@@ -34,6 +37,7 @@ export class PolicyInvalidError extends Error {
 export interface Gateway {
   config: AirlockConfig;
   store: Store;
+  approvals: Approvals;
   policies: PolicyHolder;
   tls: TlsMaterial;
   /** Bound addresses (ports resolved when the config asked for port 0). */
@@ -87,6 +91,14 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
     };
     const connection = (name: string): ConnectionInfo | undefined => bundle().connections.find((c) => c.name === name);
 
+    const notifier = new Notifier(config.approvals.notify, log);
+    const approvals = new Approvals({ store, audit, notify: (n) => notifier.notify(n), log, publicUrl: config.approvals.publicUrl });
+    await approvals.start();
+    closers.push(async () => {
+      approvals.stop();
+      await notifier.idle();
+    });
+
     const served = new Set(agent.serves());
     for (const c of bundle().connections) {
       if (!served.has(c.name)) log.warn({ connection: c.name }, 'connection is declared in policies but no agent serves it');
@@ -103,6 +115,7 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
       cancelTarget: (name, pid, key) => agent.cancel(name, pid, key),
       tableNames: (name, oids) => agent.tableNames(name, oids),
       masker: maskers(loadOrCreateHashKey(config), policies),
+      approvals,
       audit,
       log,
       tls: { cert: tls.cert, key: tls.key },
@@ -122,13 +135,14 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
       listeners: { postgres: `${pgAddr.host}:${pgAddr.port}` },
       tlsFingerprint: tls.fingerprint,
     }));
+    registerApprovalRoutes(api, { approvals, authenticate, isIdentityActive });
     await api.listen({ host: config.listeners.api.host, port: config.listeners.api.port });
     const apiAddr = api.server.address() as net.AddressInfo;
 
     log.info({ postgres: pgAddr, api: apiAddr.port, apiTls, policyVersion: bundle().version }, 'gateway started');
     let closed = false;
     return {
-      config, store, policies, tls, log,
+      config, store, approvals, policies, tls, log,
       addresses: { api: { host: config.listeners.api.host, port: apiAddr.port, tls: apiTls }, postgres: pgAddr },
       reloadPolicies: () => policies.reload(),
       async close() {

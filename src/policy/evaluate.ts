@@ -3,11 +3,11 @@
 // The semantics are documented in docs/policy.md; keep the two in step.
 
 import type {
-  ConnectionInfo, Decision, Identity, MaskRuleRef, Operation, Request, SqlKind, StatementInfo,
+  ApprovalRequirement, ApprovalTerms, ConnectionInfo, Decision, Identity, MaskRuleRef, Operation, Request, SqlKind, StatementInfo,
 } from '../core/types.ts';
 import type { PolicyBundle } from './loader.ts';
 import {
-  DAYS, parseCidr, parseHours, parseIp, type Cidr, type ConnectionSelector, type Policy, type SubjectMatcher, type When,
+  DAYS, REVIEW_DEFAULTS, durationMs, parseCidr, parseHours, parseIp, type Cidr, type ConnectionSelector, type Policy, type SubjectMatcher, type When,
 } from './schema.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -88,6 +88,8 @@ interface CompiledRule {
   when?: CompiledWhen;
   message?: string;
   approvers?: string[];
+  /** Review rules: what an approval takes. */
+  review?: { minApprovals: number; timeoutMs: number; grantMs?: number };
 }
 
 interface CompiledSubject {
@@ -158,6 +160,9 @@ interface RuleInput {
   functions?: string[];
   without_where?: boolean;
   approvers?: string[];
+  timeout?: string;
+  min_approvals?: number;
+  grant?: string;
 }
 
 function compileRule(kind: RuleKind, policy: string, r: RuleInput, i: number): CompiledRule {
@@ -173,6 +178,11 @@ function compileRule(kind: RuleKind, policy: string, r: RuleInput, i: number): C
     when: compileWhen(r.when),
     message: r.message,
     approvers: r.approvers,
+    review: kind === 'review' ? {
+      minApprovals: r.min_approvals ?? REVIEW_DEFAULTS.min_approvals,
+      timeoutMs: durationMs(r.timeout ?? REVIEW_DEFAULTS.timeout)!,
+      grantMs: r.grant === undefined ? undefined : durationMs(r.grant),
+    } : undefined,
   };
 }
 
@@ -360,6 +370,25 @@ function describeOp(op: Operation): string {
 // ---------------------------------------------------------------------------------------------
 // Decision
 
+/**
+ * Every review rule that matched must be satisfied. The strictest terms win: the shortest
+ * timeout, and a grant window only when every rule grants one (the shortest).
+ */
+function approvalTerms(rules: CompiledRule[]): ApprovalTerms {
+  const requirements: ApprovalRequirement[] = [];
+  for (const r of rules) {
+    if (requirements.some((q) => q.policy === r.policy && q.rule === r.id)) continue;
+    requirements.push({ policy: r.policy, rule: r.id, approvers: r.approvers ?? [], minApprovals: r.review!.minApprovals });
+  }
+  const terms = rules.map((r) => r.review!);
+  const grants = terms.map((t) => t.grantMs);
+  return {
+    requirements,
+    timeoutMs: Math.min(...terms.map((t) => t.timeoutMs)),
+    grantMs: grants.every((g) => g !== undefined) ? Math.min(...(grants as number[])) : undefined,
+  };
+}
+
 interface Hit {
   rule: CompiledRule;
   op: Operation;
@@ -487,6 +516,7 @@ export function evaluate(bundle: PolicyBundle, identity: Identity, request: Requ
       reason: prefix(first.stmt) + (first.rule.message ?? `${describeOp(first.op)} requires approval by ${approvers.join(', ')}`),
       bundleVersion: version,
       approvers,
+      approval: approvalTerms(reviews.map((h) => h.rule)),
       masks,
     };
   }

@@ -25,7 +25,7 @@ export type Day = (typeof DAYS)[number];
 export const CONNECTION_TYPES = ['postgres'] as const;
 
 /** Defaults of review rules, applied by the approvals feature. */
-export const REVIEW_DEFAULTS = { timeout: '15m', min_approvals: 1 } as const;
+export const REVIEW_DEFAULTS = { timeout: '10m', min_approvals: 1 } as const;
 
 /**
  * Keys that people put in connection entries by habit but that must never be in the policy

@@ -5,7 +5,7 @@
 import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import Database from 'better-sqlite3';
-import type { AuditEvent, Identity } from '../core/types.ts';
+import type { ApprovalRecord, AuditEvent, Identity } from '../core/types.ts';
 import {
   ServiceTokenError,
   generateServiceToken,
@@ -17,6 +17,7 @@ import {
 import {
   sanitizeAuditEvent,
   TokenTtlTooLongError,
+  type ApprovalQuery,
   type AuditQuery,
   type CreateTokenInput,
   type ListTokensOptions,
@@ -63,6 +64,22 @@ const MIGRATIONS: string[] = [
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
   ) STRICT;
+  `,
+  // 2: approval requests (the record as JSON, with the columns lookups need)
+  `
+  CREATE TABLE approvals (
+    id             TEXT PRIMARY KEY,
+    status         TEXT NOT NULL,
+    requester      TEXT NOT NULL,
+    connection     TEXT NOT NULL,
+    binding        TEXT NOT NULL,
+    created_ms     INTEGER NOT NULL,
+    grant_until_ms INTEGER,
+    record_json    TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX approvals_status  ON approvals(status, created_ms);
+  CREATE INDEX approvals_binding ON approvals(binding, status);
+  CREATE INDEX approvals_grants  ON approvals(requester, connection, grant_until_ms);
   `,
 ];
 
@@ -459,6 +476,64 @@ export class SqliteStore implements Store {
     const rows = this.db.prepare(sql).all(...params) as { id: number; event_json: string }[];
     if (!forward) rows.reverse();
     return rows.map((r) => ({ id: r.id, ...(JSON.parse(r.event_json) as AuditEvent) }));
+  }
+
+  // ---------------------------------------------------------------------------- approvals
+
+  async saveApproval(rec: ApprovalRecord): Promise<void> {
+    if (this.closed) throw new Error('store is closed');
+    this.db.prepare(
+      `INSERT OR REPLACE INTO approvals (id, status, requester, connection, binding, created_ms, grant_until_ms, record_json)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(rec.id, rec.status, rec.requester.subject, rec.connection, rec.binding, Date.parse(rec.createdAt),
+      rec.grantUntil ? Date.parse(rec.grantUntil) : null, JSON.stringify(rec));
+  }
+
+  async getApproval(id: string): Promise<ApprovalRecord | undefined> {
+    if (this.closed) throw new Error('store is closed');
+    const json = this.db.prepare(`SELECT record_json FROM approvals WHERE id = ?`).pluck().get(id) as string | undefined;
+    return json === undefined ? undefined : (JSON.parse(json) as ApprovalRecord);
+  }
+
+  async listApprovals(q: ApprovalQuery = {}): Promise<ApprovalRecord[]> {
+    if (this.closed) throw new Error('store is closed');
+    const limit = Math.min(Math.max(1, Math.trunc(Number(q.limit ?? 100)) || 100), 1000);
+    const status = q.status ?? [];
+    const where = status.length ? `WHERE status IN (${status.map(() => '?').join(', ')})` : '';
+    const rows = this.db.prepare(`SELECT record_json FROM approvals ${where} ORDER BY created_ms DESC, id DESC LIMIT ${limit}`)
+      .pluck().all(...status) as string[];
+    return rows.map((j) => JSON.parse(j) as ApprovalRecord);
+  }
+
+  async approvalsByBinding(binding: string, status: ApprovalRecord["status"][]): Promise<ApprovalRecord[]> {
+    if (this.closed) throw new Error('store is closed');
+    if (status.length === 0) return [];
+    const rows = this.db.prepare(
+      `SELECT record_json FROM approvals WHERE binding = ? AND status IN (${status.map(() => '?').join(', ')}) ORDER BY created_ms DESC`,
+    ).pluck().all(binding, ...status) as string[];
+    return rows.map((j) => JSON.parse(j) as ApprovalRecord);
+  }
+
+  async openGrants(subject: string, connection: string, nowMs: number): Promise<ApprovalRecord[]> {
+    if (this.closed) throw new Error('store is closed');
+    const rows = this.db.prepare(
+      `SELECT record_json FROM approvals WHERE requester = ? AND connection = ? AND status = 'approved' AND grant_until_ms > ?`,
+    ).pluck().all(subject, connection, nowMs) as string[];
+    return rows.map((j) => JSON.parse(j) as ApprovalRecord);
+  }
+
+  async updateApproval(id: string, change: (rec: ApprovalRecord) => ApprovalRecord | undefined): Promise<ApprovalRecord | undefined> {
+    if (this.closed) throw new Error('store is closed');
+    return this.db.transaction(() => {
+      const json = this.db.prepare(`SELECT record_json FROM approvals WHERE id = ?`).pluck().get(id) as string | undefined;
+      if (json === undefined) return undefined;
+      const current = JSON.parse(json) as ApprovalRecord;
+      const next = change(current);
+      if (!next) return current;
+      this.db.prepare(`UPDATE approvals SET status = ?, grant_until_ms = ?, record_json = ? WHERE id = ?`)
+        .run(next.status, next.grantUntil ? Date.parse(next.grantUntil) : null, JSON.stringify(next), id);
+      return next;
+    }).immediate();
   }
 
   // ---------------------------------------------------------------------------- lifecycle

@@ -1,7 +1,7 @@
 // The store: tokens and audit events. Async so that a PostgreSQL
 // implementation can sit behind the same interface; the embedded one is in ./sqlite.ts.
 
-import type { AuditEvent, Identity } from '../core/types.ts';
+import type { ApprovalRecord, ApprovalStatus, AuditEvent, Identity } from '../core/types.ts';
 import { redactServiceTokens } from '../identity/service-tokens.ts';
 
 export interface TokenRecord {
@@ -49,6 +49,12 @@ export interface AuditQuery {
   sessionId?: string;
 }
 
+export interface ApprovalQuery {
+  status?: ApprovalStatus[];
+  /** Newest first; default 100, at most 1000. */
+  limit?: number;
+}
+
 export interface Store {
   /** Creates or upgrades the schema. Idempotent, safe to run from several processes. */
   migrate(): Promise<void>;
@@ -82,6 +88,20 @@ export interface Store {
   flush(): Promise<void>;
   /** Newest last. Includes events still queued in this process (it flushes first). */
   listAudit(q?: AuditQuery): Promise<AuditEvent[]>;
+  /** Inserts or replaces an approval request (by id). */
+  saveApproval(rec: ApprovalRecord): Promise<void>;
+  getApproval(id: string): Promise<ApprovalRecord | undefined>;
+  listApprovals(q?: ApprovalQuery): Promise<ApprovalRecord[]>;
+  /** Requests for exactly this binding in one of these states, newest first. */
+  approvalsByBinding(binding: string, status: ApprovalStatus[]): Promise<ApprovalRecord[]>;
+  /** Approved requests of this requester on this connection whose grant window is still open at `nowMs`. */
+  openGrants(subject: string, connection: string, nowMs: number): Promise<ApprovalRecord[]>;
+  /**
+   * Reads, changes and writes one approval in a single write transaction, so that two
+   * processes deciding at once cannot lose a decision. `change` returns the new record, or
+   * undefined to leave it as it is. Returns what is stored afterwards (undefined: unknown id).
+   */
+  updateApproval(id: string, change: (rec: ApprovalRecord) => ApprovalRecord | undefined): Promise<ApprovalRecord | undefined>;
   /** Flushes, then closes. Idempotent. */
   close(): Promise<void>;
 }

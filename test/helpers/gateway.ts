@@ -11,6 +11,8 @@ export interface TestGateway {
   gw: Gateway;
   dir: string;
   port: number;
+  /** Base URL of the API listener. */
+  api: string;
   token(subject: string, groups: string[], ttlMs?: number): Promise<{ token: string; id: string }>;
   /** libpq connection string for `connection` as `user`. */
   conninfo(database: string, user?: string, extra?: string): string;
@@ -22,6 +24,8 @@ export async function startTestGateway(opts: {
   policies: Record<string, string>;
   connections: { name: string; url: string }[];
   issuers?: { issuer: string; audience: string | string[]; groups_claim?: string }[];
+  /** More airlock.yaml keys (e.g. `approvals`). */
+  config?: Record<string, unknown>;
 }): Promise<TestGateway> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'airlock-gw-'));
   const policiesDir = path.join(dir, 'policies');
@@ -33,11 +37,13 @@ export async function startTestGateway(opts: {
     listeners: { postgres: '127.0.0.1:0', api: '127.0.0.1:0' },
     identity: { issuers: opts.issuers ?? [] },
     agent: { connections: opts.connections },
+    ...opts.config,
   }, dir);
   const gw = await startGateway(config, new LocalAgent(config.connections), { logger: pino({ level: process.env.AIRLOCK_TEST_LOG ?? 'silent' }) });
   const port = gw.addresses.postgres.port;
   return {
     gw, dir, port,
+    api: `http://127.0.0.1:${gw.addresses.api.port}`,
     async token(subject, groups, ttlMs = 3600_000) {
       const { token, record } = await gw.store.createToken({ subject, groups, ttlMs });
       return { token, id: record.id };

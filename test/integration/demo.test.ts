@@ -87,6 +87,24 @@ test('airlock demo: ci-runner reads, DROP TABLE is refused with 42501, both are 
     const stillThere = await run('psql', ['-X', '-At', '-c', 'SELECT count(*) FROM customers', dba.conninfo], { env: { PGPASSWORD: dba.token } });
     assert.equal(stillThere.stdout.trim(), '5');
 
+    // ci-runner's DELETE waits for a dba, who approves it with the command the demo printed.
+    assert.match(demo.out(), /DELETE FROM orders WHERE id = 1;.*waits for a dba/);
+    const api = /api\s+(http:\/\/\S+)/.exec(demo.out())![1];
+    const held = run('psql', ['-X', '-At', '-c', 'DELETE FROM orders WHERE id = 1', ci.conninfo], { env: { PGPASSWORD: ci.token } });
+    let id: string | undefined;
+    for (let i = 0; i < 100 && !id; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      const list = await run(process.execPath, [CLI, 'approvals', 'list', '--json', '--api', api], { env: { AIRLOCK_TOKEN: dba.token } });
+      id = (JSON.parse(list.stdout || '[]') as { id: string }[])[0]?.id;
+    }
+    assert.ok(id, 'the DELETE is waiting for approval');
+    const approve = await run(process.execPath, [CLI, 'approvals', 'approve', id!, '--api', api], { env: { AIRLOCK_TOKEN: dba.token } });
+    assert.equal(approve.code, 0, approve.stderr);
+    const deleted = await held;
+    assert.equal(deleted.code, 0, deleted.stderr);
+    assert.match(deleted.stdout, /DELETE 1/);
+    assert.match(deleted.stderr, /held for approval/);
+
     const audit = await run(process.execPath, [CLI, 'audit', 'list', '--json', '--type', 'statement', '--config', path.join(demoDir, 'airlock.yaml')]);
     assert.equal(audit.code, 0, audit.stderr);
     const events = audit.stdout.trim().split('\n').map((l) => JSON.parse(l));

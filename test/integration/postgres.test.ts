@@ -353,18 +353,6 @@ test('pipelined extended protocol: a statement right after a session-state chang
   }
 });
 
-test('a statement that needs review is refused until approvals exist (never allowed)', async () => {
-  const deploy = (await gw.token('deploy-bot', ['deploy'])).token;
-  const r = await psql(gw.conninfo('analytics', 'deploy-bot'), deploy, 'DELETE FROM orders WHERE id = 1');
-  assert.notEqual(r.code, 0);
-  assert.match(r.stderr, /requires approval \(group:dba\)/);
-  assert.equal((await db.query('SELECT count(*)::int AS n FROM orders WHERE id = 1')).rows[0].n, 1);
-  await gw.gw.store.flush();
-  const [event] = await gw.gw.store.listAudit({ type: 'statement', subject: 'deploy-bot', limit: 1 });
-  assert.equal(event.decision, 'review');
-  assert.equal(event.policy, 'deployer');
-});
-
 test('a fast-path FunctionCall is refused with its own ReadyForQuery; the session stays usable', async () => {
   const session = await rawSession(dba, 'dba');
   try {

@@ -10,7 +10,7 @@
 // `Pipeline` follows the target's answers to know what each statement and portal name means.
 import net from 'node:net';
 import tls from 'node:tls';
-import { randomBytes, randomInt } from 'node:crypto';
+import { createHash, randomBytes, randomInt } from 'node:crypto';
 import type { AuditEvent, ConnectionInfo, Decision, Identity, MaskRuleRef, Request, SqlRequestInfo } from '../../core/types.ts';
 import type { ColumnPlan, Masker } from '../../masking/engine.ts';
 import {
@@ -21,6 +21,8 @@ import {
 import type { TargetConnection } from './target.ts';
 import type { TableInfo } from '../../agent/agent.ts';
 import { Pipeline, type Lookup, type Tracked } from './pipeline.ts';
+import { normalizedStatement } from './syntax.ts';
+import type { Approvals } from '../../approvals/service.ts';
 import { copyOutFormat, decodeCopyRow, describeCopyQuery, encodeCopyRow, forceQuoteMask, parseCopyStatement, type CopyFormat } from './copy-out.ts';
 import { isLoopback } from '../../core/net.ts';
 
@@ -41,6 +43,8 @@ export interface PgAdapterDeps {
   tableNames(connection: string, oids: number[]): Promise<Map<number, TableInfo>>;
   /** The masking engine for a decision's mask rules (undefined when there are none). */
   masker(rules: MaskRuleRef[]): Masker | undefined;
+  /** Just-in-time approvals: where statements that need approval wait. */
+  approvals: Approvals;
   audit(event: AuditEvent): void;
   log: { info(o: object, msg?: string): void; warn(o: object, msg?: string): void };
   /** TLS for clients; when absent, SSLRequest is declined (and only loopback clients can connect). */
@@ -140,6 +144,8 @@ class PgSession {
   private own?: { fields?: FieldDescription[]; error?: string; done: () => void };
   /** Resolved when the target has answered everything the client sent. */
   private idleWaiter?: () => void;
+  /** The approval request this session is waiting on. */
+  private held?: string;
   private counts = { statements: 0, denied: 0 };
   private readonly startedAt = Date.now();
   private startupTimer?: NodeJS.Timeout;
@@ -319,7 +325,7 @@ class PgSession {
     switch (frame.type) {
       case 'Q': {
         const text = decodeQuery(frame.body);
-        const decision = await this.check(text, { copyMaskable: true });
+        const decision = await this.check(text, { copyMaskable: true, review: 'hold' });
         if (!decision) return;
         if (decision.verdict.action !== 'allow') return this.refuse(frame.type, decision.verdict, decision.info);
         const tracked = this.tracked(decision.event, decision.verdict);
@@ -340,7 +346,8 @@ class PgSession {
       }
       case 'P': {
         const parse = decodeParse(frame.body);
-        const decision = await this.check(parse.query, { auditAllowed: false });
+        // Parsing runs nothing: a statement that needs approval is held when it is executed.
+        const decision = await this.check(parse.query, { auditAllowed: false, review: 'pass' });
         if (!decision) return;
         if (decision.verdict.action !== 'allow') return this.refuse(frame.type, decision.verdict, decision.info);
         this.pipeline.parse(parse.name, parse.query);
@@ -349,7 +356,8 @@ class PgSession {
       }
       case 'B': {
         const bind = decodeBind(frame.body);
-        this.pipeline.bind(bind.portal, await this.resolve(() => this.pipeline.statement(bind.statement)), bind.statement, bind.resultFormats);
+        const params = frame.body.subarray(Buffer.byteLength(bind.portal) + Buffer.byteLength(bind.statement) + 2);
+        this.pipeline.bind(bind.portal, await this.resolve(() => this.pipeline.statement(bind.statement)), bind.statement, bind.resultFormats, params);
         this.toTarget(frame.raw);
         return;
       }
@@ -362,7 +370,8 @@ class PgSession {
           return this.refuseUnjudged(frame.type, `<execute portal "${exec.portal}">`,
             `portal "${exec.portal}" was not bound from a statement Airlock allowed`);
         }
-        const decision = await this.check(text);
+        const params = this.pipeline.portalParams(exec.portal);
+        const decision = await this.check(text, { review: 'hold', paramsHash: params && createHash('sha256').update(params).digest('hex') });
         if (!decision) return;
         if (decision.verdict.action !== 'allow') return this.refuse(frame.type, decision.verdict, decision.info);
         if (changesSessionState(decision.info)) this.barrier = 'until-sync';
@@ -410,7 +419,7 @@ class PgSession {
    * Classifies and decides one statement text. Returns undefined when the session was ended
    * (token revoked or expired).
    */
-  private async check(text: string, opts: { auditAllowed?: boolean; copyMaskable?: boolean } = {}): Promise<{ verdict: Decision; info: SqlRequestInfo; event?: AuditEvent } | undefined> {
+  private async check(text: string, opts: { auditAllowed?: boolean; copyMaskable?: boolean; review?: 'hold' | 'pass'; paramsHash?: string } = {}): Promise<{ verdict: Decision; info: SqlRequestInfo; event?: AuditEvent } | undefined> {
     const identity = this.identity!;
     if (!(await this.deps.isIdentityActive(identity))) {
       this.deps.audit({ ...this.eventBase('statement'), statement: auditText(text), decision: 'deny', reason: 'token revoked or expired' });
@@ -428,12 +437,68 @@ class PgSession {
       verdict = { ...verdict, action: 'deny', policy: verdict.masks[0].policy, rule: 'mask',
         reason: `policy ${by} requires masking: COPY output is masked only for a single COPY ... TO STDOUT sent as a simple query` };
     }
+    if (verdict.action === 'review' && opts.review === 'pass') return { verdict: { ...verdict, action: 'allow' }, info };
+    if (verdict.action === 'review' && opts.review === 'hold') {
+      const after = await this.holdForApproval(this.deps.approvals, text, info, verdict, opts.paramsHash);
+      if (!after) return undefined;
+      verdict = after;
+      if (!(await this.deps.isIdentityActive(identity))) {
+        this.fatal('28000', 'airlock: the token of this session was revoked or has expired');
+        return undefined;
+      }
+    }
     if (verdict.action !== 'allow') {
       this.recordRefusal(text, info, verdict);
       return { verdict, info };
     }
     const event = opts.auditAllowed === false ? undefined : this.statementEvent(text, info, verdict);
     return { verdict, info, event };
+  }
+
+  /**
+   * Holds a statement that needs approval: an open grant window lets it run at once; otherwise
+   * the client is told (NoticeResponse) what is held and how to approve it, and the session waits
+   * for the outcome. Returns the verdict to enforce (allow or deny), or undefined when the
+   * session ended meanwhile.
+   */
+  private async holdForApproval(approvals: Approvals, text: string, info: SqlRequestInfo, verdict: Decision, paramsHash?: string): Promise<Decision | undefined> {
+    const identity = this.identity!;
+    const connection = this.connection!.name;
+    const grant = await approvals.grantFor(identity, connection, verdict);
+    if (grant && (await approvals.use(grant.id, this.id))) {
+      return { ...verdict, action: 'allow', approvalId: grant.id, reason: `${verdict.reason}: approved (grant ${grant.id} open until ${grant.grantUntil})` };
+    }
+    const held = await approvals.request({ identity, connection, statement: text, normalized: normalizedStatement(text), paramsHash, decision: verdict });
+    const id = held.record.id;
+    if (held.record.status === 'pending') {
+      const how = approvals.approveHow(id);
+      this.client.write(encode.notice(errorFields(HELD_NOTICE_CODE, `airlock: statement held for approval ${id}: ${verdict.reason}`, {
+        severity: 'NOTICE',
+        detail: `approve with: ${how.command}${how.url ? `
+or: POST ${how.url}/approve` : ''}`,
+        hint: `expires at ${held.record.expiresAt}`,
+      })));
+    }
+    this.held = id;
+    const outcome = await held.outcome;
+    this.held = undefined;
+    if (this.phase !== 'ready') return undefined;
+    const denied = (reason: string): Decision => ({ ...verdict, action: 'deny', approvalId: id, reason });
+    const last = outcome.record.decisions.at(-1);
+    switch (outcome.status) {
+      case 'rejected':
+        return denied(`approval ${id} was rejected by ${last?.by ?? 'an approver'}${last?.reason ? `: ${last.reason}` : ''}`);
+      case 'expired':
+        return denied(`approval ${id} timed out: nobody approved it before ${outcome.record.expiresAt}`);
+      case 'cancelled':
+        return denied(`approval ${id} was cancelled`);
+    }
+    // A policy that changed while the statement waited wins when it now denies it.
+    const now = this.deps.decide(identity, this.request(info));
+    if (now.action === 'deny') return { ...now, approvalId: id };
+    if (!(await approvals.use(id, this.id))) return denied(`approval ${id} was already used`);
+    const by = [...new Set(outcome.record.decisions.filter((d) => d.verdict === 'approve').map((d) => d.by))].join(', ');
+    return { ...verdict, action: 'allow', approvalId: id, reason: `${verdict.reason}: approved by ${by} (${id})` };
   }
 
   /** Waits while a name's meaning depends on an earlier batch's answer, then returns its text. */
@@ -673,13 +738,18 @@ class PgSession {
 
   /** Masks detector hits in the text of an error or notice (values leak through messages such as unique violations). */
   private maskMessage(type: 'E' | 'N', fields: ErrorFields, raw: Buffer): Buffer {
-    const masker = (this.pipeline.current()?.tracked as Recorded | undefined)?.masker ?? this.lastMasker;
-    if (!masker) return raw;
     let changed = false;
-    for (const k of ['M', 'D', 'H', 'W'] as const) {
+    if (fields.C === HELD_NOTICE_CODE) {
+      // Only the gateway says a statement is held: the target (a function raising a notice)
+      // must not be able to make clients believe it.
+      fields.C = '01000';
+      changed = true;
+    }
+    const masker = (this.pipeline.current()?.tracked as Recorded | undefined)?.masker ?? this.lastMasker;
+    for (const k of masker ? ['M', 'D', 'H', 'W'] as const : []) {
       const text = fields[k];
       if (text === undefined) continue;
-      const masked = masker.maskText(text);
+      const masked = masker!.maskText(text);
       if (masked !== text) {
         fields[k] = masked;
         changed = true;
@@ -784,6 +854,7 @@ class PgSession {
     return {
       ...this.eventBase('statement'), statement: auditText(text), classification: info && summarize(info),
       decision: verdict.action, policy: verdict.policy, rule: verdict.rule, reason: verdict.reason, bundleVersion: verdict.bundleVersion,
+      detail: verdict.approvalId ? { approval: verdict.approvalId } : undefined,
     };
   }
 
@@ -803,6 +874,7 @@ class PgSession {
   }
 
   private async cancel(): Promise<void> {
+    if (this.held) return this.deps.approvals.cancel(this.held, 'cancelled by the client');
     if (!this.targetKey || !this.connection) return;
     await this.deps.cancelTarget(this.connection.name, this.targetKey.processId, this.targetKey.secretKey).catch((err) =>
       this.deps.log.warn({ err, session: this.id }, 'cancel request failed'));
@@ -838,6 +910,7 @@ class PgSession {
     this.releaseBarrier();
     this.idleWaiter?.();
     this.own?.done();
+    if (this.held) void this.deps.approvals.cancel(this.held, 'the client disconnected while waiting').catch(() => {});
     clearTimeout(this.startupTimer);
     if (this.gatewayKey) sessionsByKey.delete(this.gatewayKey);
     this.pipeline.abandon();
@@ -852,6 +925,8 @@ class PgSession {
 }
 
 const STATEMENT_MESSAGES = new Set(['Q', 'P', 'E', 'F']);
+/** SQLSTATE of the notice that says a statement is held for approval (class 01: warning). */
+export const HELD_NOTICE_CODE = '01AL0';
 const MARKER_PREFIX = 'airlock_refused_';
 const MARKER_PATTERN = /airlock_refused_[0-9a-f]{24}/;
 
@@ -887,13 +962,11 @@ function changesSessionState(info: SqlRequestInfo): boolean {
 /** The client-facing ErrorResponse for a refused statement. */
 function refusalFields(verdict: Decision, info?: SqlRequestInfo): ErrorFields {
   const by = verdict.policy ? `policy "${verdict.policy}"${verdict.rule ? `, rule ${verdict.rule}` : ''}` : 'default deny';
-  const what = verdict.action === 'review'
-    ? `statement requires approval (${verdict.approvers?.join(', ') ?? 'no approvers'}); approvals are not enabled yet, so it is refused`
-    : verdict.reason;
+  const what = verdict.reason;
   const kinds = info?.statements.map((s) => s.kind).join(', ');
   return errorFields('42501', `airlock: ${what}`, {
     detail: `Refused by ${by}${kinds ? ` (statement: ${kinds})` : ''}. Policy version ${verdict.bundleVersion}.`,
-    hint: verdict.action === 'review' ? undefined : 'Ask the owner of the Airlock policy repository if you need this access.',
+    hint: 'Ask the owner of the Airlock policy repository if you need this access.',
   });
 }
 

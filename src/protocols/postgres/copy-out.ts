@@ -9,7 +9,7 @@
 
 import { Buffer } from 'node:buffer';
 import { isDeepStrictEqual } from 'node:util';
-import { parseSync } from 'libpg-query';
+import { parseStatements, withoutPositions } from './syntax.ts';
 
 /** How a COPY TO writes its rows (text or CSV; binary output cannot be masked). */
 export interface CopyFormat {
@@ -533,30 +533,6 @@ export function parseCopyStatement(sql: string): Ast | undefined {
   if (stmts?.length !== 1) return undefined;
   const copy = stmts[0]?.stmt?.CopyStmt;
   return copy && typeof copy === 'object' ? (copy as Ast) : undefined;
-}
-
-/** The raw statements of `sql`; undefined when it does not parse (or the parser is not loaded). */
-function parseStatements(sql: string): Ast[] | undefined {
-  if (sql.includes('\0')) return undefined;
-  try {
-    const stmts = (parseSync(sql) as Ast)?.stmts;
-    return Array.isArray(stmts) ? (stmts as Ast[]) : [];
-  } catch {
-    return undefined;
-  }
-}
-
-// Positions differ between the query inside COPY and the same text parsed alone.
-const POSITION_KEYS = new Set(['location', 'stmt_location', 'stmt_len', 'name_location']);
-
-function withoutPositions(node: unknown): unknown {
-  if (Array.isArray(node)) return node.map(withoutPositions);
-  if (!node || typeof node !== 'object') return node;
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(node)) {
-    if (!POSITION_KEYS.has(k)) out[k] = withoutPositions(v);
-  }
-  return out;
 }
 
 /**

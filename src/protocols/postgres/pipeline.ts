@@ -23,7 +23,7 @@ type Settle = { promise: Promise<void>; resolve: () => void };
 
 export type Entry =
   | { kind: 'parse'; name: string; text: string; batch: number; settle: Settle }
-  | { kind: 'bind'; portal: string; text: string | undefined; statement: string; formats: number[]; batch: number; settle: Settle }
+  | { kind: 'bind'; portal: string; text: string | undefined; statement: string; formats: number[]; params?: Buffer; batch: number; settle: Settle }
   | { kind: 'close'; target: 'S' | 'P'; name: string; batch: number; settle: Settle }
   | { kind: 'describe'; target: 'S' | 'P'; name: string }
   | { kind: 'execute'; tracked?: Tracked; marker?: string; portal: string }
@@ -34,6 +34,8 @@ export type Entry =
 interface Named {
   text: string;
   fields?: FieldDescription[];
+  /** Portals: the Bind's parameter section (formats and values), what an approval binds to. */
+  params?: Buffer;
 }
 
 export interface PipelineEvents {
@@ -74,8 +76,8 @@ export class Pipeline {
   }
 
   /** `formats` are the Bind's result-column format codes (none: all text; one: all alike). */
-  bind(portal: string, text: string | undefined, statement = '', formats: number[] = []): void {
-    this.entries.push({ kind: 'bind', portal, text, statement, formats, batch: this.batch, settle: settle() });
+  bind(portal: string, text: string | undefined, statement = '', formats: number[] = [], params?: Buffer): void {
+    this.entries.push({ kind: 'bind', portal, text, statement, formats, params, batch: this.batch, settle: settle() });
   }
 
   close(target: 'S' | 'P', name: string): void {
@@ -103,6 +105,15 @@ export class Pipeline {
   /** Text of a prepared statement as the target will have it when the next message arrives. */
   statement(name: string): Lookup {
     return this.lookup('S', name, this.statements);
+  }
+
+  /** The parameters bound to a portal (latest Bind sent, confirmed or not). */
+  portalParams(name: string): Buffer | undefined {
+    for (let i = this.entries.length - 1; i >= 0; i--) {
+      const e = this.entries[i];
+      if (e.kind === 'bind' && e.portal === name) return e.params;
+    }
+    return this.portals.get(name)?.params;
   }
 
   /** Text behind a portal as the target will have it when the next message arrives. */
@@ -148,7 +159,7 @@ export class Pipeline {
     else if (e.kind === 'bind') {
       const fields = this.statements.get(e.statement)?.fields;
       if (e.text === undefined) this.portals.delete(e.portal);
-      else this.portals.set(e.portal, { text: e.text, fields: fields && withFormats(fields, e.formats) });
+      else this.portals.set(e.portal, { text: e.text, fields: fields && withFormats(fields, e.formats), params: e.params });
     } else if (e.kind === 'close') (e.target === 'S' ? this.statements : this.portals).delete(e.name);
     e.settle.resolve();
   }
