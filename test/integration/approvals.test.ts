@@ -3,11 +3,14 @@
 // ran and what did not.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import pg from 'pg';
 import { createTestDb, type TestDb } from '../helpers/pgdb.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { psql, run, type RunResult } from '../helpers/clients.ts';
 import type { ApprovalRecord } from '../../src/core/types.ts';
+import { verifyWebhookSignature } from '../../src/approvals/notify.ts';
 
 const POLICY = (extraDeny = '') => `
 connections:
@@ -48,11 +51,30 @@ let gw: TestGateway;
 let bot: string;
 let dba: string;
 let selfish: string;
+/** What the webhook receiver got: the body and whether its signature verified. */
+const deliveries: { type: string; approval: { id: string; statement: string }; signed: boolean }[] = [];
+let receiver: http.Server;
+const SECRET = 'webhook-secret-0123456789';
 
 before(async () => {
   db = await createTestDb();
   await db.query('INSERT INTO audit_probe VALUES (1), (2)');
-  gw = await startTestGateway({ policies: { 'p.yaml': POLICY() }, connections: [{ name: 'analytics', url: db.url }] });
+  receiver = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (d) => (body += d));
+    req.on('end', () => {
+      const signed = verifyWebhookSignature(SECRET, String(req.headers['x-airlock-timestamp']), body, String(req.headers['x-airlock-signature']));
+      deliveries.push({ ...JSON.parse(body), signed });
+      res.end('ok');
+    });
+  });
+  receiver.listen(0, '127.0.0.1');
+  await new Promise((r) => receiver.once('listening', r));
+  const hook = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`;
+  gw = await startTestGateway({
+    policies: { 'p.yaml': POLICY() }, connections: [{ name: 'analytics', url: db.url }],
+    config: { approvals: { public_url: 'https://airlock.example.com:8080', notify: { webhooks: [{ url: hook, secret: SECRET }] } } },
+  });
   bot = (await gw.token('deploy-bot', ['deploy'])).token;
   dba = (await gw.token('alice', ['dba'])).token;
   selfish = (await gw.token('ops-bot', ['deploy', 'dba'])).token;
@@ -61,6 +83,7 @@ before(async () => {
 after(async () => {
   await gw?.close();
   await db?.drop();
+  receiver?.close();
 });
 
 const asBot = (sql: string, token = bot) => psql(gw.conninfo('analytics', 'deploy-bot'), token, sql);
@@ -247,4 +270,12 @@ test('every approval event is in the audit log', async () => {
   assert.ok(ran, 'the approved statement is audited as allowed');
   assert.match(String((ran.detail as { approval?: string }).approval), /^apr_/);
   assert.match(ran.reason ?? '', /approved by alice/);
+});
+
+test('the webhook heard of requests and decisions, signed', async () => {
+  const approved = deliveries.find((d) => d.type === 'approval.approved' && d.approval.statement === 'DELETE FROM orders WHERE id = 1');
+  const requested = deliveries.find((d) => d.type === 'approval.requested' && d.approval.statement === 'DELETE FROM orders WHERE id = 1');
+  assert.ok(requested && approved, JSON.stringify(deliveries.map((d) => d.type)));
+  assert.ok(deliveries.every((d) => d.signed), 'every delivery verifies with the shared secret');
+  assert.match(JSON.stringify(requested), /https:\/\/airlock\.example\.com:8080\/api\/approvals\/apr_/);
 });
