@@ -118,6 +118,8 @@ export interface Decision {
   approval?: ApprovalTerms;
   /** Set when an approval request made this statement allowed: its id. */
   approvalId?: string;
+  /** Record the statement's result rows (after masking) in the session: a policy says `record: results`. */
+  recordResults?: boolean;
   /** Mask rules that apply to the response. */
   masks: MaskRuleRef[];
 }

@@ -111,6 +111,7 @@ interface CompiledPolicy {
   review: CompiledRule[];
   deny: CompiledRule[];
   masks: MaskRuleRef[];
+  recordResults: boolean;
 }
 
 interface CompiledBundle {
@@ -195,6 +196,7 @@ function compilePolicy(p: Policy): CompiledPolicy {
     allow: (p.allow ?? []).map((r, i) => compileRule('allow', p.name, r, i)),
     review: (p.review ?? []).map((r, i) => compileRule('review', p.name, r, i)),
     deny: (p.deny ?? []).map((r, i) => compileRule('deny', p.name, r, i)),
+    recordResults: p.record === 'results',
     masks: (p.mask ?? []).map((m) => {
       const ref: MaskRuleRef = { policy: p.name, with: m.with };
       if (m.columns) ref.columns = [...m.columns];
@@ -421,12 +423,14 @@ export function evaluate(bundle: PolicyBundle, identity: Identity, request: Requ
     return deny(`no policy grants ${identity.subject} access to connection ${conn.name}${why ? ` (policy ${near!.name} ${why})` : ''}`);
   }
   const masks = applicable.flatMap((p) => p.masks);
+  // Result rows are recorded (after masking) when any applicable policy asks for it.
+  const recordResults = applicable.some((p) => p.recordResults) || undefined;
   const sql = request.sql;
   if (!sql) {
     return {
       action: 'allow', policy: applicable[0].name,
       reason: `policy ${applicable[0].name} grants ${identity.subject} access to connection ${conn.name}`,
-      bundleVersion: version, masks,
+      bundleVersion: version, masks, recordResults,
     };
   }
   if (sql.parseError !== undefined) {
@@ -434,7 +438,7 @@ export function evaluate(bundle: PolicyBundle, identity: Identity, request: Requ
   }
   const statements = sql.statements;
   if (statements.length === 0) {
-    return { action: 'allow', policy: applicable[0].name, reason: 'empty request', bundleVersion: version, masks };
+    return { action: 'allow', policy: applicable[0].name, reason: 'empty request', bundleVersion: version, masks, recordResults };
   }
   const prefix = (i: number) => (statements.length > 1 ? `statement ${i + 1}: ` : '');
   const active = (rules: CompiledRule[]) => rules.filter((r) => whenFailure(r.when, request) === undefined);
@@ -518,6 +522,7 @@ export function evaluate(bundle: PolicyBundle, identity: Identity, request: Requ
       approvers,
       approval: approvalTerms(reviews.map((h) => h.rule)),
       masks,
+      recordResults,
     };
   }
   const decider = primary ?? firstPermitted;
@@ -528,6 +533,7 @@ export function evaluate(bundle: PolicyBundle, identity: Identity, request: Requ
       reason: `only baseline statements or side-effect-free functions, permitted to anyone with access to connection ${conn.name}`,
       bundleVersion: version,
       masks,
+      recordResults,
     };
   }
   return {
@@ -537,5 +543,6 @@ export function evaluate(bundle: PolicyBundle, identity: Identity, request: Requ
     reason: `${prefix(decider.stmt)}${describeOp(decider.op)} allowed by policy ${decider.rule.policy} rule ${decider.rule.id}`,
     bundleVersion: version,
     masks,
+    recordResults,
   };
 }

@@ -324,6 +324,8 @@ export const PolicySchema = z
     review: z.array(ReviewRuleSchema).optional(),
     deny: z.array(DenyRuleSchema).optional(),
     mask: z.array(MaskRuleSchema).optional(),
+    record: z.enum(['statements', 'results'], { error: 'record must be statements (the default) or results' }).optional()
+      .describe('What sessions record: statements (default), or statements and their result rows after masking'),
   })
   .superRefine((p, ctx) => {
     const seen = new Set<string>();

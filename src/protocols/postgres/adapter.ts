@@ -62,6 +62,16 @@ interface Recorded extends Tracked {
   planFields?: FieldDescription[];
   /** For a masked `COPY ... TO STDOUT`: how its rows are written, and their columns' plan. */
   copy?: CopyMasking;
+  /** A policy says `record: results`: the rows the client received, per result set. */
+  results?: RecordedResults[];
+  recordResults?: boolean;
+}
+
+interface RecordedResults {
+  columns: string[];
+  rows: (string | null)[][];
+  /** The session's budget for recorded rows ran out: later rows were not recorded. */
+  truncated?: boolean;
 }
 
 interface CopyMasking {
@@ -147,6 +157,8 @@ class PgSession {
   /** The approval request this session is waiting on. */
   private held?: string;
   private counts = { statements: 0, denied: 0 };
+  /** Bytes of result values still recordable in this session (`record: results`). */
+  private resultBudget = MAX_RECORDED_RESULT_BYTES;
   private readonly startedAt = Date.now();
   private startupTimer?: NodeJS.Timeout;
 
@@ -514,7 +526,7 @@ or: POST ${how.url}/approve` : ''}`,
     if (!event) return undefined;
     const masker = verdict.masks.length ? this.deps.masker(verdict.masks) : undefined;
     if (masker) this.lastMasker = masker;
-    return { event, started: performance.now(), masker };
+    return { event, started: performance.now(), masker, recordResults: verdict.recordResults };
   }
 
   private request(sql: SqlRequestInfo): Request {
@@ -736,6 +748,36 @@ or: POST ${how.url}/approve` : ''}`,
     return masker ? masker.maskText(text) : text;
   }
 
+  /**
+   * Records one row as the client receives it (after masking) when a policy says
+   * `record: results`, within the session's budget. Binary values are kept as \x hex.
+   */
+  private recordRow(message: Buffer): void {
+    const cur = this.pipeline.current();
+    const rec = cur?.tracked as Recorded | undefined;
+    if (!rec?.recordResults || !cur?.fields) return;
+    const fields = cur.fields;
+    const sets = (rec.results ??= []);
+    let set = sets.at(-1);
+    if (!set || set.columns.length !== fields.length || set.columns.some((c, i) => c !== fields[i].name)) {
+      sets.push((set = { columns: fields.map((f) => f.name), rows: [] }));
+    }
+    if (this.resultBudget <= 0) {
+      set.truncated = true;
+      return;
+    }
+    const body = message.subarray(5);
+    const cells = dataRowCells(body);
+    const row: (string | null)[] = [];
+    for (let i = 0; 2 * i < cells.length; i++) {
+      const [start, len] = [cells[2 * i], cells[2 * i + 1]];
+      if (len < 0) row.push(null);
+      else row.push(fields[i]?.format === 1 ? `\\x${body.toString('hex', start, start + len)}` : body.toString('utf8', start, start + len));
+      this.resultBudget -= Math.max(0, len);
+    }
+    set.rows.push(row);
+  }
+
   /** Masks detector hits in the text of an error or notice (values leak through messages such as unique violations). */
   private maskMessage(type: 'E' | 'N', fields: ErrorFields, raw: Buffer): Buffer {
     let changed = false;
@@ -779,8 +821,11 @@ or: POST ${how.url}/approve` : ''}`,
       case 'n':
         this.pipeline.described(undefined);
         return frame.raw;
-      case 'D':
-        return this.maskRow(frame);
+      case 'D': {
+        const out = this.maskRow(frame);
+        this.recordRow(out);
+        return out;
+      }
       case 'd':
         return this.maskCopyData(frame);
       case 'H':
@@ -833,6 +878,7 @@ or: POST ${how.url}/approve` : ''}`,
     if (t.skipped) t.event.error = 'not executed: an earlier message of its batch failed';
     const masked = (t.plans ?? []).flatMap((p) => p.stats());
     if (masked.length) t.event.detail = { ...t.event.detail, masked };
+    if (t.results) t.event.detail = { ...t.event.detail, results: t.results };
     this.deps.audit(t.event);
   }
 
@@ -925,6 +971,8 @@ or: POST ${how.url}/approve` : ''}`,
 }
 
 const STATEMENT_MESSAGES = new Set(['Q', 'P', 'E', 'F']);
+/** Result values a session records at most under `record: results` (documented in docs/sessions.md). */
+export const MAX_RECORDED_RESULT_BYTES = 1024 * 1024;
 /** SQLSTATE of the notice that says a statement is held for approval (class 01: warning). */
 export const HELD_NOTICE_CODE = '01AL0';
 const MARKER_PREFIX = 'airlock_refused_';
