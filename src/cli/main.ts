@@ -7,6 +7,7 @@ import { durationMs } from '../policy/schema.ts';
 import type { Store } from '../store/store.ts';
 import { formatTable, printBanner, waitForStop } from './format.ts';
 import { registerApprovals } from './approvals.ts';
+import { registerSessions } from './sessions.ts';
 // The gateway, the demo and the store are imported where they are used, so that `--help`,
 // `policy check` and friends start fast.
 
@@ -134,6 +135,7 @@ policy
   });
 
 registerApprovals(program, configOption);
+registerSessions(program, configOption, withStore);
 
 const audit = program.command('audit').description('read the audit log');
 audit

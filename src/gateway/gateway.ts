@@ -116,6 +116,7 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
       tableNames: (name, oids) => agent.tableNames(name, oids),
       masker: maskers(loadOrCreateHashKey(config), policies),
       approvals,
+      recordingUnavailable: () => undefined, // TODO(issue 6): store.auditHealth()
       audit,
       log,
       tls: { cert: tls.cert, key: tls.key },

@@ -19,6 +19,7 @@ import {
   errorFields, rowsFromTag, type ErrorFields, type FieldDescription, type Frame,
 } from './codec.ts';
 import type { TargetConnection } from './target.ts';
+import type { Duplex } from 'node:stream';
 import type { TableInfo } from '../../agent/agent.ts';
 import { Pipeline, type Lookup, type Tracked } from './pipeline.ts';
 import { normalizedStatement } from './syntax.ts';
@@ -45,6 +46,8 @@ export interface PgAdapterDeps {
   masker(rules: MaskRuleRef[]): Masker | undefined;
   /** Just-in-time approvals: where statements that need approval wait. */
   approvals: Approvals;
+  /** Why sessions cannot be recorded right now (the audit spool is full), or undefined when they can. */
+  recordingUnavailable(): string | undefined;
   audit(event: AuditEvent): void;
   log: { info(o: object, msg?: string): void; warn(o: object, msg?: string): void };
   /** TLS for clients; when absent, SSLRequest is declined (and only loopback clients can connect). */
@@ -123,7 +126,7 @@ let sessionCounter = 0;
 class PgSession {
   readonly id = `pg-${Date.now().toString(36)}-${(++sessionCounter).toString(36)}-${randomBytes(3).toString('hex')}`;
   private client: net.Socket | tls.TLSSocket;
-  private target?: net.Socket | tls.TLSSocket;
+  private target?: Duplex;
   private readonly source: string;
   private readonly clientReader: FrameReader;
   private readonly targetReader = new FrameReader({ typed: true });
@@ -281,6 +284,12 @@ class PgSession {
     if (!this.connection) {
       this.auditSessionRefused(`unknown connection "${this.startupParams.database ?? ''}"`);
       return this.fatal('3D000', `connection "${this.startupParams.database ?? ''}" is not declared in the policy folder`);
+    }
+    // A session that cannot be recorded does not start: fail closed.
+    const unrecordable = this.deps.recordingUnavailable();
+    if (unrecordable) {
+      this.deps.log.warn({ session: this.id, reason: unrecordable }, 'session refused: it cannot be recorded');
+      return this.fatal('53400', `airlock: new sessions are refused while the audit log cannot be written (${unrecordable})`);
     }
     // Refuse right away when no policy lets this identity use the connection at all.
     const gate = this.deps.decide(id, this.request({ text: '', statements: [] }));

@@ -4,6 +4,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
+import type { Duplex } from 'node:stream';
 import { FrameReader, decodeAuth, decodeDataRow, decodeErrorFields, encode, type Frame } from './codec.ts';
 
 const require = createRequire(import.meta.url);
@@ -50,7 +51,8 @@ export function parsePgUrl(url: string): PgTarget {
 const FORWARDED_PARAMS = new Set(['application_name', 'client_encoding', 'datestyle', 'timezone', 'extra_float_digits', 'intervalstyle']);
 
 export interface TargetConnection {
-  socket: net.Socket | tls.TLSSocket;
+  /** The target's socket, or a stream that behaves like one (an HTTP/2 stream through a remote agent). */
+  socket: Duplex;
   /** Bytes received after AuthenticationOk (ParameterStatus, BackendKeyData, ReadyForQuery...). */
   leftover: Buffer;
 }
