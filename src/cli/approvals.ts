@@ -5,7 +5,7 @@ import https from 'node:https';
 import { X509Certificate } from 'node:crypto';
 import type { Command } from 'commander';
 import type { ApprovalRecord } from '../core/types.ts';
-import { formatTable } from './format.ts';
+import { formatTable, oneLine } from './format.ts';
 
 interface ApiOptions {
   api?: string;
@@ -84,10 +84,6 @@ function since(iso: string | undefined, now = Date.now()): string {
   return s >= 0 ? `in ${text}` : `${text} ago`;
 }
 
-const oneLine = (s: string, max = 60) => {
-  const t = s.replace(/\s+/g, ' ').trim();
-  return t.length > max ? `${t.slice(0, max - 1)}…` : t;
-};
 
 function progress(r: ApprovalRecord): string {
   const approvals = r.decisions.filter((d) => d.verdict === 'approve').length;
@@ -156,7 +152,7 @@ reach or authenticate to the API.`);
       if (res.approvals.length === 0) return console.log(`no ${opts.status === 'all' ? '' : `${opts.status} `}approval requests`);
       console.log(formatTable(res.approvals.map((r) => ({
         id: r.id, status: r.status, approvals: progress(r), requester: r.requester.subject, connection: r.connection,
-        expires: r.status === 'pending' ? since(r.expiresAt) : '', statement: oneLine(r.statement),
+        expires: r.status === 'pending' ? since(r.expiresAt) : '', statement: oneLine(r.statement, 60),
       }))));
     }));
 

@@ -35,3 +35,9 @@ export function waitForStop(): Promise<string> {
   });
 }
 
+
+/** One line of at most `max` characters (whitespace runs collapsed), for table cells. */
+export function oneLine(s: string, max = 80): string {
+  const t = s.replace(/\s+/g, ' ').trim();
+  return t.length > max ? `${t.slice(0, max - 1)}…` : t;
+}

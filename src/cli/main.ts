@@ -1,5 +1,5 @@
 // The `airlock` command line. Wiring only: each command calls into the library.
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import { loadConfig } from '../config/config.ts';
 import { VERSION } from '../core/version.ts';
 import { loadPolicyDir, formatProblems } from '../policy/loader.ts';
@@ -7,6 +7,7 @@ import { durationMs } from '../policy/schema.ts';
 import type { Store } from '../store/store.ts';
 import { formatTable, printBanner, waitForStop } from './format.ts';
 import { registerApprovals } from './approvals.ts';
+import { registerAudit } from './audit.ts';
 import { registerSessions } from './sessions.ts';
 // The gateway, the demo and the store are imported where they are used, so that `--help`,
 // `policy check` and friends start fast.
@@ -135,34 +136,8 @@ policy
   });
 
 registerApprovals(program, configOption);
+registerAudit(program, configOption);
 registerSessions(program, configOption, withStore);
-
-const audit = program.command('audit').description('read the audit log');
-audit
-  .command('list')
-  .description('show the latest audit events')
-  .option('--limit <n>', 'how many events', (v) => positiveInt(v), 50)
-  .option('--type <type>', 'only this event type (statement, session.start, auth.failure, ...)')
-  .option('--subject <subject>', 'only this identity')
-  .option('--connection <name>', 'only this connection')
-  .addOption(new Option('--decision <decision>', 'only this decision').choices(['allow', 'deny', 'review']))
-  .option('--session <id>', 'only this session')
-  .option('--json', 'print JSON lines')
-  .option(...configOption)
-  .action(async (opts: { limit: number; type?: string; subject?: string; connection?: string; decision?: string; session?: string; json?: boolean; config: string }) => {
-    await withStore(opts.config, async (store) => {
-      const events = await store.listAudit({ limit: opts.limit, type: opts.type, subject: opts.subject,
-        connection: opts.connection, decision: opts.decision, sessionId: opts.session });
-      if (opts.json) {
-        for (const e of events) console.log(JSON.stringify(e));
-        return;
-      }
-      console.log(formatTable(events.map((e) => ({
-        id: e.id, time: e.time, type: e.type, subject: e.subject ?? '', connection: e.connection ?? '',
-        decision: e.decision ?? '', statement: oneLine(e.statement ?? e.error ?? ''), reason: oneLine(e.reason ?? ''),
-      }))));
-    });
-  });
 
 (await import('./exec.ts')).registerExec(program);
 
@@ -174,23 +149,13 @@ function parseTtl(text: string): number {
   return ms;
 }
 
-function positiveInt(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer');
-  return n;
-}
-
-const oneLine = (s: string, max = 80) => {
-  const t = s.replace(/\s+/g, ' ').trim();
-  return t.length > max ? `${t.slice(0, max - 1)}…` : t;
-};
-
 async function withStore<T>(configFile: string, fn: (store: Store) => Promise<T>): Promise<T> {
   // Token and audit commands ignore `agent:`, so the agent's connection secrets need not be
   // available where they run.
   const config = loadConfig(configFile, { optional: configFile === 'airlock.yaml', withoutAgent: true });
   const { openStore } = await import('../store/store.ts');
-  const store = await openStore({ type: 'embedded', path: config.storePath });
+  const { auditStoreOptions } = await import('../audit/config.ts');
+  const store = await openStore({ type: 'embedded', path: config.storePath }, { audit: auditStoreOptions(config) });
   try {
     return await fn(store);
   } finally {

@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import YAML from 'yaml';
+import { parseDuration } from '../policy/schema.ts';
 
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, 'expected host:port, e.g. 127.0.0.1:15432');
 
@@ -16,6 +17,22 @@ const issuerSchema = z.strictObject({
   subject_claim: z.string().optional(),
   algorithms: z.array(z.string()).min(1).optional(),
   clock_tolerance_sec: z.number().int().min(0).max(600).optional(),
+});
+
+const durationText = (what: string) =>
+  z.string().refine((v) => parseDuration(v) !== undefined, `${what} must be a positive duration such as 90d, 12h, 30m`);
+
+const auditSchema = z.strictObject({
+  /** PEM Ed25519 private key (usually `file:/path` or `${VAR}`); generated into data_dir when absent. */
+  signing_key: z.string().min(1).optional(),
+  /** Events older than this are pruned (`airlock audit prune`, and hourly by the gateway). */
+  retention: durationText('retention').optional(),
+  /** A signed checkpoint every this many events (default 1000)... */
+  checkpoint_every: z.number().int().min(1).max(10_000_000).optional(),
+  /** ...or this long after the last one when events were written since (default 60s). */
+  checkpoint_interval: durationText('checkpoint_interval').optional(),
+  /** Bound of the spool file in MiB (default 256). */
+  spool_max_mb: z.number().int().min(1).max(1_000_000).optional(),
 });
 
 const connectionSchema = z.strictObject({
@@ -34,6 +51,7 @@ export const configSchema = z.strictObject({
   tls: z.strictObject({ cert: z.string(), key: z.string() }).optional(),
   identity: z.strictObject({ issuers: z.array(issuerSchema).default([]) }).default({ issuers: [] }),
   agent: z.strictObject({ connections: z.array(connectionSchema).default([]) }).default({ connections: [] }),
+  audit: auditSchema.optional(),
   masking: z.strictObject({ hash_key: z.string().min(16, 'hash_key must have at least 16 characters') }).optional(),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
     .default({ level: 'info' }),
@@ -63,6 +81,17 @@ export interface AirlockConfig {
   /** Key of the `hash` mask strategy; generated once into the data directory when not configured. */
   maskingHashKey?: string;
   approvals: { publicUrl?: string; notify: RawConfig['approvals']['notify'] };
+  /** The `audit:` key (docs/configuration.md#audit); unset fields take the store's defaults. */
+  audit: AuditConfig;
+}
+
+export interface AuditConfig {
+  /** PEM private key (secret references resolved); undefined: `<data_dir>/audit-signing.key`, generated once. */
+  signingKey?: string;
+  retentionMs?: number;
+  checkpointEvery?: number;
+  checkpointIntervalMs?: number;
+  spoolMaxBytes?: number;
 }
 
 export interface HostPort { host: string; port: number }
@@ -133,6 +162,13 @@ export function buildConfig(raw: unknown, baseDir: string, env: NodeJS.ProcessEn
     logLevel: c.log.level,
     maskingHashKey: c.masking?.hash_key,
     approvals: { publicUrl: c.approvals.public_url, notify: c.approvals.notify },
+    audit: {
+      signingKey: c.audit?.signing_key,
+      retentionMs: c.audit?.retention ? parseDuration(c.audit.retention) : undefined,
+      checkpointEvery: c.audit?.checkpoint_every,
+      checkpointIntervalMs: c.audit?.checkpoint_interval ? parseDuration(c.audit.checkpoint_interval) : undefined,
+      spoolMaxBytes: c.audit?.spool_max_mb ? c.audit.spool_max_mb * 1024 * 1024 : undefined,
+    },
   };
 }
 

@@ -25,6 +25,7 @@ import { isLoopback } from '../core/net.ts';
 import { Approvals } from '../approvals/service.ts';
 import { Notifier } from '../approvals/notify.ts';
 import { registerApprovalRoutes } from './approvals-api.ts';
+import { auditStoreOptions } from '../audit/config.ts';
 
 
 export class PolicyInvalidError extends Error {
@@ -54,7 +55,10 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
   if (initial.problems.length) throw new PolicyInvalidError(initial.problems);
 
   const store = await openStore({ type: 'embedded', path: config.storePath },
-    { onError: (err) => log.error({ err }, 'audit store write failed; events are kept and retried') });
+    { onError: (err) => log.error({ err }, 'audit store write failed; events are kept and retried'),
+      audit: auditStoreOptions(config, { notice: (m) => log.warn(m) }) });
+  const retention = config.audit.retentionMs && setInterval(() => store.applyRetention(config.audit.retentionMs!)
+    .catch((err: unknown) => log.error({ err }, 'audit retention failed')), 3_600_000).unref();
   const audit = (e: AuditEvent) => store.appendAudit(e);
   const closers: (() => Promise<void>)[] = [];
   let api: FastifyInstance | undefined;
@@ -116,7 +120,10 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
       tableNames: (name, oids) => agent.tableNames(name, oids),
       masker: maskers(loadOrCreateHashKey(config), policies),
       approvals,
-      recordingUnavailable: () => undefined, // TODO(issue 6): store.auditHealth()
+      recordingUnavailable: () => {
+        const health = store.auditHealth();
+        return health.ok ? undefined : health.reason ?? 'the audit spool is full';
+      },
       audit,
       log,
       tls: { cert: tls.cert, key: tls.key },
@@ -153,6 +160,7 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
         for (const close of closers) await close();
         agent.close();
         await api?.close();
+        clearInterval(retention || undefined);
         await store.close();
       },
     };
@@ -160,6 +168,7 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
     policies.close();
     for (const close of closers) await close();
     await api?.close();
+    clearInterval(retention || undefined);
     await store.close();
     throw err;
   }

@@ -6,6 +6,11 @@ import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { ApprovalRecord, AuditEvent, Identity } from '../core/types.ts';
+import { eventHash, GENESIS_HASH } from '../audit/canonical.ts';
+import { publicKeyFromPem, signCheckpoint, type AuditSigner, type CheckpointKind } from '../audit/signing.ts';
+import { AuditSpool } from '../audit/spool.ts';
+import { verifyChain, type AuditCheckpointRow, type AuditEventRow, type VerifyReport } from '../audit/verify.ts';
+import type { KeyObject } from 'node:crypto';
 import {
   ServiceTokenError,
   generateServiceToken,
@@ -18,7 +23,13 @@ import {
   sanitizeAuditEvent,
   TokenTtlTooLongError,
   type ApprovalQuery,
+  type AuditExportQuery,
+  type AuditHealth,
   type AuditQuery,
+  type AuditStoreOptions,
+  type ExportedAuditEvent,
+  type RetentionResult,
+  type VerifyAuditOptions,
   type CreateTokenInput,
   type ListTokensOptions,
   type Store,
@@ -81,17 +92,63 @@ const MIGRATIONS: string[] = [
   CREATE INDEX approvals_binding ON approvals(binding, status);
   CREATE INDEX approvals_grants  ON approvals(requester, connection, grant_until_ms);
   `,
+  // 3: tamper evidence (docs/audit.md). Every event row carries its place in a hash chain; rows
+  // written before this migration are chained once, in id order, by the backfill that runs in the
+  // same transaction (SqliteStore.catchUpChain). audit_chain is the writers' record of the head.
+  `
+  ALTER TABLE audit_events ADD COLUMN prev_hash TEXT;
+  ALTER TABLE audit_events ADD COLUMN hash TEXT;
+
+  CREATE TABLE audit_chain (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    last_id   INTEGER NOT NULL,
+    last_hash TEXT NOT NULL
+  ) STRICT;
+  INSERT INTO audit_chain (id, last_id, last_hash) VALUES (1, 0, '${GENESIS_HASH}');
+
+  CREATE TABLE audit_checkpoints (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    upto_id     INTEGER NOT NULL,          -- the last event covered
+    upto_hash   TEXT NOT NULL,             -- its hash
+    time        TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('periodic', 'retention')),
+    detail_json TEXT NOT NULL,
+    signature   TEXT NOT NULL,             -- base64 Ed25519 over the canonical JSON of {upto_id, upto_hash, time, kind, detail}
+    key_id      TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX audit_checkpoints_upto ON audit_checkpoints(upto_id);
+
+  CREATE TABLE audit_keys (
+    key_id     TEXT PRIMARY KEY,           -- first 16 hex digits of sha256(SPKI DER)
+    public_key TEXT NOT NULL,              -- SPKI PEM
+    created    TEXT NOT NULL
+  ) STRICT;
+
+  -- how far each spool file has been written to the database (written with the events)
+  CREATE TABLE audit_spool_progress (
+    spool_id    TEXT PRIMARY KEY,
+    byte_offset INTEGER NOT NULL
+  ) STRICT;
+  `,
 ];
 
 export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length;
 
 const FLUSH_INTERVAL_MS = 50;
 const FLUSH_BATCH = 500;
-/** Beyond this many unwritten events (the database keeps failing), the oldest are dropped. */
+/**
+ * Beyond this many events that neither the database nor the spool took (the spool is full or
+ * unwritable, or appends outpace the writer within one turn), the oldest are dropped.
+ */
 const MAX_BUFFERED = 200_000;
-/** Dropped at once on overflow, so that dropping is not O(buffer) on every append. */
-const DROP_CHUNK = MAX_BUFFERED / 10;
 const MAX_LIST_LIMIT = 10_000;
+const CHECKPOINT_EVERY = 1000;
+const CHECKPOINT_INTERVAL_MS = 60_000;
+const WRITE_BUSY_TIMEOUT_MS = 1000;
+const BUSY_TIMEOUT_MS = 5000;
+/** Retention deletes at most this many events per transaction (and checkpoint). */
+const RETENTION_CHUNK = 50_000;
+const FULL_LOG_EVERY_MS = 10_000;
 
 interface TokenRow {
   id: string;
@@ -105,14 +162,13 @@ interface TokenRow {
 }
 
 interface PendingEvent {
-  time: string;
-  type: string;
-  sessionId: string | null;
-  subject: string | null;
-  connection: string | null;
-  decision: string | null;
+  /** The sanitized event (time and type normalised); absent for events read back from the spool. */
+  event?: Record<string, unknown>;
+  /** JSON.stringify(event): what event_json stores and the spool keeps. */
   json: string;
 }
+
+const EVENT_COLUMNS = 'id, time, type, session_id, subject, connection, decision, event_json, prev_hash, hash';
 
 // Open stores, flushed synchronously if the process exits without closing them.
 const openStores = new Set<SqliteStore>();
@@ -158,6 +214,11 @@ interface Statements {
   isActive: Database.Statement<[string, number]>;
   revoke: Database.Statement<[number, string]>;
   insertAudit: Database.Statement;
+  head: Database.Statement;
+  setHead: Database.Statement<[number, string]>;
+  seq: Database.Statement;
+  firstAfter: Database.Statement<[number]>;
+  lastCheckpoint: Database.Statement;
 }
 
 export interface SqliteStoreOptions {
@@ -165,24 +226,64 @@ export interface SqliteStoreOptions {
   onError?: (err: unknown) => void;
   /** Milliseconds between background audit flushes (default 50). */
   flushIntervalMs?: number;
+  /** Signing key, checkpoints, spool (docs/audit.md). */
+  audit?: AuditStoreOptions;
+}
+
+function parseEventJson(json: string): Record<string, unknown> | undefined {
+  try {
+    const v = JSON.parse(json) as unknown;
+    return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export class SqliteStore implements Store {
   readonly path: string;
   private readonly db: Database.Database;
   private readonly onError: (err: unknown) => void;
+  private readonly onNotice: (message: string) => void;
   private readonly flushIntervalMs: number;
+  private readonly signer: AuditSigner | undefined;
+  private readonly checkpointEvery: number;
+  private readonly checkpointIntervalMs: number;
+  private readonly maxBuffered: number;
+  private readonly writeBusyTimeoutMs: number;
+  private readonly retryMinMs: number;
+  private readonly retryMaxMs: number;
+  private readonly spool: AuditSpool | undefined;
   private buffer: PendingEvent[] = [];
   private timer: NodeJS.Timeout | null = null;
   private immediate: NodeJS.Immediate | null = null;
+  private checkpointTimer: NodeJS.Timeout | null = null;
   private closed = false;
   private droppedEvents = 0;
+  /** Set while audit writes to the database fail (events go to the spool). */
+  private failing: { since: number; reason: string } | null = null;
+  private retryDelayMs: number;
+  private nextDbAttempt = 0;
+  /** The spool is full or cannot be written: events are only in memory. */
+  private spoolBlocked: string | null = null;
+  private lastFullLog = 0;
+  private wroteSinceCheckpoint = false;
+  private readonly openedAt = Date.now();
 
   private st: Statements | null = null;
 
   constructor(path: string, opts: SqliteStoreOptions = {}) {
     this.onError = opts.onError ?? ((err) => console.error('airlock store: audit write failed:', err));
+    const a = opts.audit ?? {};
+    this.onNotice = a.onNotice ?? ((m) => console.error(`airlock store: ${m}`));
     this.flushIntervalMs = opts.flushIntervalMs ?? FLUSH_INTERVAL_MS;
+    this.signer = a.signer;
+    this.checkpointEvery = Math.max(1, a.checkpointEvery ?? CHECKPOINT_EVERY);
+    this.checkpointIntervalMs = Math.max(1, a.checkpointIntervalMs ?? CHECKPOINT_INTERVAL_MS);
+    this.maxBuffered = Math.max(10, a.maxBufferedEvents ?? MAX_BUFFERED);
+    this.writeBusyTimeoutMs = Math.max(0, a.writeBusyTimeoutMs ?? WRITE_BUSY_TIMEOUT_MS);
+    this.retryMinMs = Math.max(1, a.retryMinMs ?? 250);
+    this.retryMaxMs = Math.max(this.retryMinMs, a.retryMaxMs ?? 10_000);
+    this.retryDelayMs = this.retryMinMs;
     const inMemory = path === ':memory:';
     this.path = inMemory ? path : resolve(path);
     if (!inMemory) {
@@ -192,7 +293,10 @@ export class SqliteStore implements Store {
       closeSync(openSync(this.path, 'a', 0o600));
       chmodSync(this.path, 0o600);
     }
-    this.db = new Database(this.path, { timeout: 5000 });
+    if (!inMemory && a.spoolDir !== false) {
+      this.spool = new AuditSpool(a.spoolDir ?? dirname(this.path), { maxBytes: a.spoolMaxBytes });
+    }
+    this.db = new Database(this.path, { timeout: BUSY_TIMEOUT_MS });
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('foreign_keys = ON');
@@ -213,9 +317,14 @@ export class SqliteStore implements Store {
         isActive: db.prepare(`SELECT 1 FROM tokens WHERE id = ? AND revoked_ms IS NULL AND expires_ms > ?`).pluck(),
         revoke: db.prepare(`UPDATE tokens SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL`),
         insertAudit: db.prepare(
-          `INSERT INTO audit_events (time, type, session_id, subject, connection, decision, event_json)
-           VALUES (@time, @type, @sessionId, @subject, @connection, @decision, @json)`,
+          `INSERT INTO audit_events (id, time, type, session_id, subject, connection, decision, event_json, prev_hash, hash)
+           VALUES (@id, @time, @type, @sessionId, @subject, @connection, @decision, @json, @prevHash, @hash)`,
         ),
+        head: db.prepare(`SELECT last_id, last_hash FROM audit_chain WHERE id = 1`),
+        setHead: db.prepare(`UPDATE audit_chain SET last_id = ?, last_hash = ? WHERE id = 1`),
+        seq: db.prepare(`SELECT seq FROM sqlite_sequence WHERE name = 'audit_events'`).pluck(),
+        firstAfter: db.prepare(`SELECT id FROM audit_events WHERE id > ? ORDER BY id LIMIT 1`).pluck(),
+        lastCheckpoint: db.prepare(`SELECT upto_id, time FROM audit_checkpoints ORDER BY upto_id DESC, id DESC LIMIT 1`),
       };
     }
     return this.st;
@@ -239,8 +348,21 @@ export class SqliteStore implements Store {
           this.db.exec(MIGRATIONS[v - 1]!);
           this.db.prepare(`INSERT INTO schema_version (version) VALUES (?)`).run(v);
         }
+        // Backfill: chain rows written before migration 3 (or by an older Airlock since).
+        this.chainHead();
       })
       .immediate();
+    // Spool files left by processes that are gone are written first.
+    if (this.spool) {
+      this.spool.claimOrphans();
+      if (this.spool.hasPending) {
+        try {
+          this.flushSync(true);
+        } catch (err) {
+          this.onError(err);
+        }
+      }
+    }
   }
 
   // ------------------------------------------------------------------------------- tokens
@@ -346,23 +468,21 @@ export class SqliteStore implements Store {
     }
     let pending: PendingEvent;
     try {
-      const e = sanitizeAuditEvent(event);
-      pending = {
-        time: normaliseTime(e.time),
-        type: typeof e.type === 'string' ? e.type : 'unknown',
-        sessionId: str(e.sessionId),
-        subject: str(e.subject),
-        connection: str(e.connection),
-        decision: str(e.decision),
-        json: JSON.stringify(e),
-      };
+      const e = sanitizeAuditEvent(event) as unknown as Record<string, unknown>;
+      // The stored event carries the normalised time and type (the hash covers exactly what is
+      // stored); `hash` and `prev_hash` are names of the chain, not of events.
+      e.time = normaliseTime(e.time);
+      e.type = typeof e.type === 'string' ? e.type : 'unknown';
+      delete e.hash;
+      delete e.prev_hash;
+      pending = { event: e, json: JSON.stringify(e) };
     } catch (err) {
       this.onError(err);
       return;
     }
     this.buffer.push(pending);
-    if (this.buffer.length > MAX_BUFFERED) {
-      const drop = Math.max(this.buffer.length - MAX_BUFFERED, DROP_CHUNK);
+    if (this.buffer.length > this.maxBuffered) {
+      const drop = Math.max(this.buffer.length - this.maxBuffered, Math.ceil(this.maxBuffered / 10));
       this.buffer.splice(0, drop);
       this.droppedEvents += drop;
     }
@@ -381,29 +501,58 @@ export class SqliteStore implements Store {
     }
   }
 
-  /** Number of events queued and not yet written. */
+  /** Number of events queued in memory and not yet written (to the database or the spool). */
   get pendingAuditEvents(): number {
     return this.buffer.length;
   }
 
-  private backgroundFlush(): void {
-    try {
-      this.flushSync();
-    } catch (err) {
-      this.onError(err);
-      // Keep the events and try again later.
-      if (!this.closed && this.buffer.length > 0 && !this.timer) {
-        this.timer = setTimeout(() => {
-          this.timer = null;
-          this.backgroundFlush();
-        }, Math.max(this.flushIntervalMs, 250));
-        this.timer.unref();
-      }
-    }
+  /** The spool file of this store, while it has one. */
+  get spoolFile(): string | undefined {
+    return this.spool?.ownFile;
   }
 
-  /** Writes the buffer, in transactions of at most FLUSH_BATCH events. Throws on failure (events are kept). */
-  flushSync(): void {
+  auditHealth(): AuditHealth {
+    const spooled = this.spool?.pending ?? 0;
+    if (this.spoolBlocked) {
+      return { ok: false, spooled, reason: `${this.spoolBlocked}; ${this.buffer.length} audit events only in memory` };
+    }
+    if (this.failing && !this.spool) {
+      return { ok: false, spooled, reason: `audit database not writable (${this.failing.reason}) and no spool` };
+    }
+    if (this.failing) return { ok: true, spooled, reason: `audit database not writable (${this.failing.reason}): spooling` };
+    return { ok: true, spooled };
+  }
+
+  private backgroundFlush(): void {
+    try {
+      this.flushSync(false);
+    } catch (err) {
+      const now = Date.now();
+      if (!this.spoolBlocked || now - this.lastFullLog >= FULL_LOG_EVERY_MS) {
+        this.lastFullLog = now;
+        this.onError(err);
+      }
+    }
+    this.scheduleRetry();
+  }
+
+  /** While failing: come back when the next database attempt is due. */
+  private scheduleRetry(): void {
+    if (this.closed || this.timer || !this.failing) return;
+    if (this.buffer.length === 0 && !this.spool?.hasPending) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.backgroundFlush();
+    }, Math.max(this.flushIntervalMs, this.nextDbAttempt - Date.now()));
+    this.timer.unref();
+  }
+
+  /**
+   * Makes the queued events durable: written to the database in order (the spool first), or,
+   * when the database fails, appended to the spool. `force`: try the database even while backing
+   * off. Throws only when events remain in memory alone (no spool, or the spool is full).
+   */
+  flushSync(force = true): void {
     if (this.timer) {
       clearTimeout(this.timer);
       this.timer = null;
@@ -417,20 +566,220 @@ export class SqliteStore implements Store {
       this.droppedEvents = 0;
       this.onError(new Error(`${n} audit events were dropped: the store could not keep up or kept failing`));
     }
+    if (this.buffer.length === 0 && !this.spool?.hasPending) return;
+    let dbError: unknown;
+    if (force || Date.now() >= this.nextDbAttempt) {
+      try {
+        const drained = this.spool?.hasPending ? this.drainSpool() : 0;
+        while (this.buffer.length > 0) {
+          const batch = this.buffer.slice(0, FLUSH_BATCH);
+          this.writeEvents(batch);
+          this.buffer.splice(0, batch.length);
+        }
+        if (this.failing || this.spoolBlocked || drained > 0) {
+          this.onNotice(`audit database writable again: ${drained} spooled events written`);
+        }
+        this.failing = null;
+        this.spoolBlocked = null;
+        this.retryDelayMs = this.retryMinMs;
+        this.nextDbAttempt = 0;
+        return;
+      } catch (err) {
+        dbError = err;
+        this.nextDbAttempt = Date.now() + this.retryDelayMs;
+        this.retryDelayMs = Math.min(this.retryMaxMs, this.retryDelayMs * 2);
+        if (!this.failing) {
+          this.failing = { since: Date.now(), reason: (err as { code?: string }).code ?? (err as Error).message };
+          this.onError(err);
+          if (this.spool) this.onNotice(`audit events go to the spool in ${this.spool.dir} until the database is writable again`);
+        }
+      }
+    }
+    this.scheduleRetry(); // come back for the database (and the spool) when the backoff allows
+    if (!this.spool) throw dbError ?? new Error('audit events are waiting for the database');
+    // The database is not writable (now, or recently): make the events durable in the spool.
     while (this.buffer.length > 0) {
       const batch = this.buffer.slice(0, FLUSH_BATCH);
-      const insert = this.s.insertAudit;
-      this.db.transaction((rows: PendingEvent[]) => {
-        for (const r of rows) insert.run(r);
-      })(batch);
-      this.buffer.splice(0, batch.length);
+      let written = 0;
+      try {
+        written = this.spool.append(batch.map((p) => p.json));
+        if (written < batch.length) this.spoolBlocked = `audit spool full (${this.spool.maxBytes} bytes)`;
+      } catch (err) {
+        this.spoolBlocked = `audit spool not writable (${(err as { code?: string }).code ?? (err as Error).message})`;
+      }
+      this.buffer.splice(0, written);
+      if (written < batch.length) {
+        const now = Date.now();
+        const err = new Error(`AUDIT LOG DEGRADED: ${this.spoolBlocked} and the database is not writable: `
+          + `${this.buffer.length} events are kept in memory only (at most ${this.maxBuffered}); new sessions are refused`);
+        this.lastFullLog = now;
+        throw err;
+      }
     }
+    this.spoolBlocked = null;
+  }
+
+  /** Writes the spool files to the database (in order, chained). Returns the number of events. */
+  private drainSpool(): number {
+    const spool = this.spool!;
+    const getProgress = this.db.prepare(`SELECT byte_offset FROM audit_spool_progress WHERE spool_id = ?`).pluck();
+    const forget = this.db.prepare(`DELETE FROM audit_spool_progress WHERE spool_id = ?`);
+    return spool.drain(
+      (b) => this.writeEvents(b.events.map((json) => ({ json })), { spoolId: b.spoolId, offset: b.endOffset }),
+      (id) => (getProgress.get(id) as number | undefined) ?? 0,
+      (id) => void forget.run(id),
+      FLUSH_BATCH,
+    );
+  }
+
+  /** Runs fn with the audit writer's busy timeout. */
+  private withWriteTimeout<T>(fn: () => T): T {
+    this.db.pragma(`busy_timeout = ${this.writeBusyTimeoutMs}`);
+    try {
+      return fn();
+    } finally {
+      this.db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
+    }
+  }
+
+  /**
+   * One IMMEDIATE transaction (SQLite serializes writers, so all processes extend one chain):
+   * reads the chain head, inserts the events with their hashes, moves the head, records spool
+   * progress, and writes a periodic checkpoint when one is due.
+   */
+  private writeEvents(events: PendingEvent[], progress?: { spoolId: string; offset: number }): void {
+    const st = this.s;
+    this.withWriteTimeout(() => this.db.transaction(() => {
+      const head = this.chainHead();
+      let lastId = head.last_id;
+      let lastHash = head.last_hash;
+      let id = Math.max(lastId, (st.seq.get() as number | undefined) ?? 0) + 1;
+      // A checkpoint every `checkpointEvery` events, also inside a batch.
+      let covered = this.signer ? ((st.lastCheckpoint.get() as { upto_id: number } | undefined)?.upto_id ?? 0) : Infinity;
+      for (const p of events) {
+        const ev = p.event ?? parseEventJson(p.json);
+        if (!ev) {
+          this.onError(new Error(`unreadable spooled audit event skipped: ${p.json.slice(0, 200)}`));
+          continue;
+        }
+        const time = typeof ev.time === 'string' ? ev.time : normaliseTime(ev.time);
+        const type = typeof ev.type === 'string' ? ev.type : 'unknown';
+        const hash = eventHash(lastHash, id, ev);
+        st.insertAudit.run({
+          id, time, type, sessionId: str(ev.sessionId), subject: str(ev.subject), connection: str(ev.connection),
+          decision: str(ev.decision), json: p.json, prevHash: lastHash, hash,
+        });
+        lastId = id++;
+        lastHash = hash;
+        if (lastId - covered >= this.checkpointEvery) {
+          this.insertCheckpoint('periodic', lastId, lastHash, { previous_upto_id: covered });
+          covered = lastId;
+        }
+      }
+      if (lastId !== head.last_id) st.setHead.run(lastId, lastHash);
+      if (this.signer && lastId > covered) this.wroteSinceCheckpoint = true;
+      if (progress) {
+        this.db.prepare(`INSERT INTO audit_spool_progress (spool_id, byte_offset) VALUES (?, ?)
+          ON CONFLICT (spool_id) DO UPDATE SET byte_offset = excluded.byte_offset`).run(progress.spoolId, progress.offset);
+      }
+      this.maybeCheckpoint(lastId, lastHash, false);
+    }).immediate());
+    this.scheduleCheckpoint();
+  }
+
+  /**
+   * The chain head (inside a write transaction). Rows after it without a hash (written before
+   * migration 3, or by an older Airlock) are chained first, in id order.
+   */
+  private chainHead(): { last_id: number; last_hash: string } {
+    const st = this.s;
+    let head = st.head.get() as { last_id: number; last_hash: string } | undefined;
+    if (!head) {
+      head = { last_id: 0, last_hash: GENESIS_HASH };
+      this.db.prepare(`INSERT INTO audit_chain (id, last_id, last_hash) VALUES (1, 0, ?)`).run(GENESIS_HASH);
+    }
+    if (st.firstAfter.get(head.last_id) === undefined) return head;
+    const page = this.db.prepare(`SELECT id, time, type, event_json, hash FROM audit_events WHERE id > ? ORDER BY id LIMIT 1000`);
+    const update = this.db.prepare(`UPDATE audit_events SET event_json = ?, prev_hash = ?, hash = ? WHERE id = ?`);
+    let { last_id: lastId, last_hash: lastHash } = head;
+    for (;;) {
+      const rows = page.all(lastId) as { id: number; time: string; type: string; event_json: string; hash: string | null }[];
+      if (rows.length === 0) break;
+      for (const r of rows) {
+        if (r.hash === null) {
+          const ev = parseEventJson(r.event_json) ?? { unreadable_event_json: r.event_json };
+          delete ev.id;
+          delete ev.hash;
+          delete ev.prev_hash;
+          ev.time = r.time;
+          ev.type = r.type;
+          const hash = eventHash(lastHash, r.id, ev);
+          update.run(JSON.stringify(ev), lastHash, hash, r.id);
+          lastHash = hash;
+        } else {
+          lastHash = r.hash; // already chained (verify judges it)
+        }
+        lastId = r.id;
+      }
+    }
+    st.setHead.run(lastId, lastHash);
+    return { last_id: lastId, last_hash: lastHash };
+  }
+
+  /** Inside a write transaction: a signed periodic checkpoint at the head when one is due (or forced). */
+  private maybeCheckpoint(lastId: number, lastHash: string, force: boolean): boolean {
+    if (!this.signer) return false;
+    const last = this.s.lastCheckpoint.get() as { upto_id: number; time: string } | undefined;
+    const covered = last?.upto_id ?? 0;
+    if (lastId <= covered) return false;
+    const since = last ? Date.parse(last.time) : this.openedAt;
+    if (!force && lastId - covered < this.checkpointEvery && Date.now() - since < this.checkpointIntervalMs) return false;
+    this.insertCheckpoint('periodic', lastId, lastHash, { previous_upto_id: covered });
+    return true;
+  }
+
+  private insertCheckpoint(kind: CheckpointKind, uptoId: number, uptoHash: string, detail: Record<string, unknown>): void {
+    const signer = this.signer!;
+    // Every time (checkpoints are rare): a flag could outlive a rolled-back transaction.
+    this.db.prepare(`INSERT OR IGNORE INTO audit_keys (key_id, public_key, created) VALUES (?, ?, ?)`)
+      .run(signer.keyId, signer.publicKeyPem, iso(Date.now()));
+    const time = iso(Date.now());
+    const signature = signCheckpoint(signer, { upto_id: uptoId, upto_hash: uptoHash, time, kind, detail });
+    this.db.prepare(`INSERT INTO audit_checkpoints (upto_id, upto_hash, time, kind, detail_json, signature, key_id)
+      VALUES (?, ?, ?, ?, ?, ?, ?)`).run(uptoId, uptoHash, time, kind, JSON.stringify(detail), signature, signer.keyId);
+    this.wroteSinceCheckpoint = false;
+  }
+
+  /** A time-based checkpoint for events written since the last one, even when no more come. */
+  private scheduleCheckpoint(): void {
+    if (!this.signer || this.closed || this.checkpointTimer || !this.wroteSinceCheckpoint) return;
+    this.checkpointTimer = setTimeout(() => {
+      this.checkpointTimer = null;
+      try {
+        this.checkpointNow(false);
+      } catch {
+        // the database is not writable: the next write schedules another attempt
+      }
+      this.scheduleCheckpoint();
+    }, this.checkpointIntervalMs);
+    this.checkpointTimer.unref();
+  }
+
+  /** Writes a checkpoint at the head if one is due (or, with force, whenever events are uncovered). */
+  checkpointNow(force = true): boolean {
+    if (!this.signer || this.closed) return false;
+    return this.withWriteTimeout(() => this.db.transaction(() => {
+      const head = this.chainHead();
+      const wrote = this.maybeCheckpoint(head.last_id, head.last_hash, force);
+      if (!wrote && force) this.wroteSinceCheckpoint = false;
+      return wrote;
+    }).immediate());
   }
 
   /** For the process exit hook. */
   flushSyncQuiet(): void {
     try {
-      if (!this.closed) this.flushSync();
+      if (!this.closed) this.flushSync(true);
     } catch (err) {
       this.onError(err);
     }
@@ -438,7 +787,100 @@ export class SqliteStore implements Store {
 
   async flush(): Promise<void> {
     if (this.closed) return;
-    this.flushSync();
+    this.flushSync(true);
+  }
+
+  async *exportAudit(q: AuditExportQuery = {}): AsyncGenerator<ExportedAuditEvent> {
+    await this.flush();
+    if (this.closed) throw new Error('store is closed');
+    let cursor = Math.max(0, Math.trunc(Number(q.sinceId ?? 0)) || 0);
+    let sinceIso: string | undefined;
+    if (q.since !== undefined && q.since !== '') {
+      const ms = Date.parse(q.since);
+      if (Number.isNaN(ms)) throw new Error(`invalid "since" time: ${q.since}`);
+      sinceIso = iso(ms);
+      // Start at the first event that late (an index lookup), then page by id.
+      const first = this.db.prepare(`SELECT min(id) FROM audit_events WHERE time >= ?`).pluck().get(sinceIso) as number | null;
+      if (first === null) return;
+      cursor = Math.max(cursor, first - 1);
+    }
+    const page = this.db.prepare(`SELECT id, event_json, prev_hash, hash FROM audit_events
+      WHERE id > ? ${sinceIso ? 'AND +time >= ?' : ''} ORDER BY id LIMIT 1000`);
+    for (;;) {
+      if (this.closed) throw new Error('store is closed');
+      const rows = (sinceIso ? page.all(cursor, sinceIso) : page.all(cursor)) as
+        { id: number; event_json: string; prev_hash: string | null; hash: string | null }[];
+      if (rows.length === 0) return;
+      for (const r of rows) {
+        yield { id: r.id, ...(JSON.parse(r.event_json) as AuditEvent), prev_hash: r.prev_hash, hash: r.hash };
+      }
+      cursor = rows[rows.length - 1]!.id;
+    }
+  }
+
+  async verifyAudit(opts: VerifyAuditOptions = {}): Promise<VerifyReport> {
+    await this.flush();
+    if (this.closed) throw new Error('store is closed');
+    let pinned: KeyObject | undefined;
+    if (opts.publicKey !== undefined) {
+      pinned = typeof opts.publicKey === 'string' ? publicKeyFromPem(opts.publicKey) : opts.publicKey;
+    }
+    const db = this.db;
+    // One read transaction: a consistent snapshot while other processes keep writing.
+    db.exec('BEGIN');
+    try {
+      const checkpoints = db.prepare(`SELECT * FROM audit_checkpoints ORDER BY id`).all() as AuditCheckpointRow[];
+      const keys = new Map<string, KeyObject>();
+      for (const k of db.prepare(`SELECT key_id, public_key FROM audit_keys`).all() as { key_id: string; public_key: string }[]) {
+        try {
+          keys.set(k.key_id, publicKeyFromPem(k.public_key));
+        } catch {
+          // an unusable key: its checkpoints report bad-signature
+        }
+      }
+      const head = db.prepare(`SELECT last_id, last_hash FROM audit_chain WHERE id = 1`).get() as { last_id: number; last_hash: string } | undefined;
+      const rowsAfter = db.prepare(`SELECT ${EVENT_COLUMNS} FROM audit_events WHERE id > ? ORDER BY id`);
+      const lookahead = db.prepare(`SELECT ${EVENT_COLUMNS} FROM audit_events WHERE id > ? ORDER BY id LIMIT ?`);
+      return verifyChain({
+        checkpoints, keys, pinnedKey: pinned, head,
+        rows: (afterId) => rowsAfter.iterate(afterId) as IterableIterator<AuditEventRow>,
+        lookahead: (afterId, limit) => lookahead.all(afterId, limit) as AuditEventRow[],
+      });
+    } finally {
+      db.exec('COMMIT');
+    }
+  }
+
+  async applyRetention(olderThanMs: number): Promise<RetentionResult> {
+    if (this.closed) throw new Error('store is closed');
+    if (!(typeof olderThanMs === 'number' && olderThanMs > 0)) throw new Error('retention must be a positive duration');
+    if (!this.signer) throw new Error('audit retention needs a signing key (audit.signing_key, or the generated one)');
+    await this.flush();
+    const cutoff = iso(Date.now() - olderThanMs);
+    const result: RetentionResult = { deleted: 0, checkpoints: 0 };
+    const scan = this.db.prepare(`SELECT id, time, hash FROM audit_events ORDER BY id LIMIT ${RETENTION_CHUNK}`);
+    for (;;) {
+      const chunk = this.withWriteTimeout(() => this.db.transaction(() => {
+        this.chainHead();
+        const rows = scan.all() as { id: number; time: string; hash: string | null }[];
+        let n = 0;
+        while (n < rows.length && rows[n]!.time < cutoff) n++;
+        if (n === 0) return undefined;
+        const from = rows[0]!.id;
+        const to = rows[n - 1]!.id;
+        const lastHash = rows[n - 1]!.hash ?? GENESIS_HASH;
+        this.db.prepare(`DELETE FROM audit_events WHERE id <= ?`).run(to);
+        this.insertCheckpoint('retention', to, lastHash, { from_id: from, to_id: to, count: n, last_hash: lastHash, cutoff });
+        return { from, to, n, more: n === rows.length };
+      }).immediate());
+      if (!chunk) break;
+      result.fromId ??= chunk.from;
+      result.toId = chunk.to;
+      result.deleted += chunk.n;
+      result.checkpoints++;
+      if (!chunk.more) break;
+    }
+    return result;
   }
 
   async listAudit(q: AuditQuery = {}): Promise<AuditEvent[]> {
@@ -540,16 +982,29 @@ export class SqliteStore implements Store {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    let error: unknown;
     try {
-      this.flushSync();
-    } finally {
-      this.closed = true;
-      openStores.delete(this);
-      if (this.timer) clearTimeout(this.timer);
-      if (this.immediate) clearImmediate(this.immediate);
-      this.timer = null;
-      this.immediate = null;
-      this.db.close();
+      this.flushSync(true);
+    } catch (err) {
+      error = err;
     }
+    try {
+      // A last checkpoint over what this process wrote, so that deleting it is detectable.
+      if (!error && !this.failing && this.wroteSinceCheckpoint) this.checkpointNow(true);
+    } catch (err) {
+      this.onError(err);
+    }
+    this.closed = true;
+    openStores.delete(this);
+    if (this.timer) clearTimeout(this.timer);
+    if (this.immediate) clearImmediate(this.immediate);
+    if (this.checkpointTimer) clearTimeout(this.checkpointTimer);
+    this.timer = null;
+    this.immediate = null;
+    this.checkpointTimer = null;
+    // Spooled events not yet written are left for the next process (or store) to write.
+    this.spool?.release();
+    this.db.close();
+    if (error) throw error;
   }
 }

@@ -3,6 +3,10 @@
 
 import type { ApprovalRecord, ApprovalStatus, AuditEvent, Identity } from '../core/types.ts';
 import { redactServiceTokens } from '../identity/service-tokens.ts';
+import type { AuditSigner } from '../audit/signing.ts';
+import type { VerifyReport } from '../audit/verify.ts';
+
+export type { VerifyReport, VerifyBreak, BreakKind } from '../audit/verify.ts';
 
 export interface TokenRecord {
   /** Public token id (the `<id>` of `alk_<id>_<secret>`). */
@@ -49,6 +53,65 @@ export interface AuditQuery {
   sessionId?: string;
 }
 
+/** An audit event as exported: the event, its id and its place in the hash chain. */
+export type ExportedAuditEvent = AuditEvent & { id: number; prev_hash: string | null; hash: string | null };
+
+export interface AuditExportQuery {
+  /** ISO-8601: only events with time >= since. */
+  since?: string;
+  /** Only events with id > sinceId. */
+  sinceId?: number;
+}
+
+export interface VerifyAuditOptions {
+  /** PEM public key (or a KeyObject): every checkpoint must be signed by it. */
+  publicKey?: string | import('node:crypto').KeyObject;
+}
+
+export interface RetentionResult {
+  /** Events deleted. */
+  deleted: number;
+  fromId?: number;
+  toId?: number;
+  /** Retention checkpoints written (one per deleted range of at most 50000 events). */
+  checkpoints: number;
+}
+
+export interface AuditHealth {
+  /**
+   * False while events cannot be made durable: the spool is full (or cannot be written) and the
+   * database is not writable. New sessions must then be refused (fail closed).
+   */
+  ok: boolean;
+  /** Events in spool files, not yet in the database. */
+  spooled: number;
+  /** Why the audit log is degraded (also set while spooling with ok true). */
+  reason?: string;
+}
+
+/** Tamper evidence, spool and checkpoint settings of a store (docs/audit.md). */
+export interface AuditStoreOptions {
+  /** Signs checkpoints. Without it the chain is still written, but no checkpoints. */
+  signer?: AuditSigner;
+  /** A periodic checkpoint after this many events (default 1000)... */
+  checkpointEvery?: number;
+  /** ...or this many ms after the last one when events were written since (default 60000). */
+  checkpointIntervalMs?: number;
+  /** Folder of the spool (default: the database's folder); false: no spool. Always off for ':memory:'. */
+  spoolDir?: string | false;
+  /** Bound of the spool file (default 256 MiB). */
+  spoolMaxBytes?: number;
+  /** Events kept in memory when neither the database nor the spool takes them (default 200000; beyond, the oldest are dropped). */
+  maxBufferedEvents?: number;
+  /** Busy timeout of audit write transactions (default 1000 ms): beyond it, events go to the spool. */
+  writeBusyTimeoutMs?: number;
+  /** Backoff of database retries while spooling (default 250 ms doubling up to 10 s). */
+  retryMinMs?: number;
+  retryMaxMs?: number;
+  /** Operational notices (spooling started, drained, key use); default: console.error. */
+  onNotice?: (message: string) => void;
+}
+
 export interface ApprovalQuery {
   status?: ApprovalStatus[];
   /** Newest first; default 100, at most 1000. */
@@ -88,6 +151,27 @@ export interface Store {
   flush(): Promise<void>;
   /** Newest last. Includes events still queued in this process (it flushes first). */
   listAudit(q?: AuditQuery): Promise<AuditEvent[]>;
+  /**
+   * Streams events in id order with their chain hashes (for `audit export`); flushes first.
+   * Pages through the table, so it holds no transaction between events.
+   */
+  exportAudit(q?: AuditExportQuery): AsyncIterable<ExportedAuditEvent>;
+  /**
+   * Walks the whole chain (streamed, in id order) and checks every checkpoint's signature and
+   * hash. Reports the first break (docs/audit.md#verify). Flushes first.
+   */
+  verifyAudit(opts?: VerifyAuditOptions): Promise<VerifyReport>;
+  /**
+   * Deletes the events older than `olderThanMs` (the prefix of the log up to the first event that
+   * is not older) and records each deleted range in a signed `retention` checkpoint, from which
+   * verification starts. Needs a signing key.
+   */
+  applyRetention(olderThanMs: number): Promise<RetentionResult>;
+  /**
+   * Cheap, synchronous. `ok` is false while the spool is full (or unwritable) and events are only
+   * in memory: new sessions are refused while the spool is full: fail closed.
+   */
+  auditHealth(): AuditHealth;
   /** Inserts or replaces an approval request (by id). */
   saveApproval(rec: ApprovalRecord): Promise<void>;
   getApproval(id: string): Promise<ApprovalRecord | undefined>;
@@ -111,6 +195,8 @@ export type StoreSpec = { type: 'embedded'; path: string };
 export interface OpenStoreOptions {
   /** Called when a background audit write fails (default: console.error). */
   onError?: (err: unknown) => void;
+  /** Signing key, checkpoints, spool. */
+  audit?: AuditStoreOptions;
 }
 
 /** Thrown by `createToken` when the ttl puts the expiry beyond the representable dates. */
@@ -125,8 +211,13 @@ export class TokenTtlTooLongError extends RangeError {
 export async function openStore(spec: StoreSpec, opts: OpenStoreOptions = {}): Promise<Store> {
   if (spec.type === 'embedded') {
     const { SqliteStore } = await import('./sqlite.ts');
-    const store = new SqliteStore(spec.path, { onError: opts.onError });
-    await store.migrate();
+    const store = new SqliteStore(spec.path, { onError: opts.onError, audit: opts.audit });
+    try {
+      await store.migrate();
+    } catch (err) {
+      await store.close().catch(() => {});
+      throw err;
+    }
     return store;
   }
   throw new Error(`unsupported store type: ${(spec as { type: unknown }).type}`);

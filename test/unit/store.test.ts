@@ -522,7 +522,7 @@ test('migrate is idempotent and records the schema version once per migration', 
   assert.deepEqual((await s2.listTokens()).map((r) => r.id), [record.id]);
   await s2.close();
   const raw = new Database(path, { readonly: true });
-  assert.deepEqual(raw.prepare('SELECT version FROM schema_version').pluck().all(), [1, 2]);
+  assert.deepEqual(raw.prepare('SELECT version FROM schema_version').pluck().all(), [1, 2, 3]);
   raw.close();
 });
 
