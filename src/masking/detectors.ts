@@ -16,12 +16,23 @@ import type { DetectorName } from '../policy/schema.ts';
 /** A span [start, end) of the text to mask (UTF-16 offsets). */
 export type Span = [start: number, end: number];
 
+/** A byte prefilter: see Detector.quickUtf8. */
+export type QuickUtf8 = (buf: Uint8Array, start: number, end: number) => boolean;
+
 export interface Detector {
   readonly name: string;
   /** Optional cheap prefilter: when it does not match, `find` returns nothing. */
   readonly quick?: RegExp;
   /** Optional: texts shorter than this (in UTF-16 units) never contain a hit, so they are not even decoded. */
   readonly minLength?: number;
+  /**
+   * Optional prefilter over the UTF-8 bytes `buf[start, end)` of a text, so that the text need
+   * not be decoded: false only when the decoded text cannot contain a hit. UTF-8 keeps every
+   * ASCII character as one byte of the same value and encodes every other character (and every
+   * invalid sequence, decoded as U+FFFD) with bytes >= 0x80 only, so a test on ASCII bytes is
+   * exactly the same test on the decoded text.
+   */
+  readonly quickUtf8?: QuickUtf8;
   /** Spans to mask, in any order (they may overlap; the engine merges them). */
   find(text: string): Span[];
 }
@@ -40,6 +51,47 @@ function isDigitCode(c: number): boolean {
 }
 function isAlnumCode(c: number): boolean {
   return (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Byte prefilters (quickUtf8)
+
+/** Above this many bytes, a native search over a view beats a loop (the view costs an allocation). */
+const NATIVE_SEARCH_MIN = 256;
+
+/**
+ * A quickUtf8 that looks for ASCII strings (the alternatives of the detector's `quick`): one pass
+ * over the bytes, the needles compared only where one of them starts.
+ */
+function asciiNeedles(...needles: string[]): QuickUtf8 {
+  const bufs = needles.map((n) => Buffer.from(n, 'latin1'));
+  const firsts = new Uint8Array(256);
+  for (const n of bufs) firsts[n[0]] = 1;
+  const at = (buf: Uint8Array, i: number, end: number, needle: Buffer): boolean => {
+    if (end - i < needle.length) return false;
+    for (let j = 1; j < needle.length; j++) if (buf[i + j] !== needle[j]) return false;
+    return true;
+  };
+  if (bufs.length === 1 && bufs[0].length === 1) {
+    const byte = bufs[0][0]; // one byte (`@`): the tightest loop
+    return (buf, start, end) => {
+      if (end - start > NATIVE_SEARCH_MIN) return Buffer.from(buf.buffer, buf.byteOffset + start, end - start).indexOf(byte) >= 0;
+      for (let i = start; i < end; i++) if (buf[i] === byte) return true;
+      return false;
+    };
+  }
+  return (buf, start, end) => {
+    if (end - start > NATIVE_SEARCH_MIN) {
+      // Buffer#indexOf would search past `end`: search a view of the value instead.
+      const view = Buffer.from(buf.buffer, buf.byteOffset + start, end - start);
+      return bufs.some((n) => view.indexOf(n) >= 0);
+    }
+    for (let i = start; i < end; i++) {
+      if (firsts[buf[i]] === 0) continue;
+      for (const needle of bufs) if (needle[0] === buf[i] && at(buf, i, end, needle)) return true;
+    }
+    return false;
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -87,6 +139,23 @@ const creditCard: Detector = {
   minLength: 13,
   // 13 digits, separated or not: most numbers in text are shorter.
   quick: /\d(?:[ -]?\d){12}/,
+  quickUtf8(buf, start, end) {
+    // `quick` over bytes: 13 digits, a single space or dash allowed between two of them.
+    let run = 0;
+    let sep = false;
+    for (let i = start; i < end; i++) {
+      const c = buf[i];
+      if (c >= 48 && c <= 57) {
+        if (++run === 13) return true;
+        sep = false;
+      } else if ((c === 32 || c === 45) && run > 0 && !sep) sep = true;
+      else {
+        run = 0;
+        sep = false;
+      }
+    }
+    return false;
+  },
   find(text) {
     const spans: Span[] = [];
     each(CARD_RE, text, (m) => {
@@ -114,9 +183,18 @@ function isLocalCode(c: number): boolean {
 function isDomainCode(c: number): boolean {
   return isAlnumCode(c) || c === 46 || c === 45;
 }
-const TLD_RE = /^(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$/;
-/** File extensions that look like TLDs in `icon@2x.png` and friends. */
-const NOT_TLDS = new Set(['png', 'jpg', 'jpeg', 'gif', 'svg', 'webp', 'bmp', 'ico', 'tif', 'tiff', 'css', 'js', 'mjs', 'cjs', 'ts', 'map', 'json', 'yaml', 'yml', 'txt', 'md', 'html', 'htm']);
+/**
+ * Letters text[start, end) as a number, case-insensitive: 5 bits a letter (A/a = 1 ... Z/z = 26),
+ * distinct for up to 6 letters. Lets a TLD be looked up without slicing and lower-casing it.
+ */
+function lettersKey(text: string, start: number, end: number): number {
+  let key = 0;
+  for (let i = start; i < end; i++) key = key * 32 + (text.charCodeAt(i) & 0x1f);
+  return key;
+}
+/** File extensions that look like TLDs in `icon@2x.png` and friends (as lettersKey; all have at most 4 letters). */
+const NOT_TLDS = new Set(['png', 'jpg', 'jpeg', 'gif', 'svg', 'webp', 'bmp', 'ico', 'tif', 'tiff', 'css', 'js', 'mjs', 'cjs', 'ts', 'map', 'json', 'yaml', 'yml', 'txt', 'md', 'html', 'htm']
+  .map((ext) => lettersKey(ext, 0, ext.length)));
 
 /** True when the `@` at `at` is inside the authority of a URL (`scheme://user:pw@host`): a host follows, not a mail domain. */
 function inUrlAuthority(text: string, at: number): boolean {
@@ -128,29 +206,49 @@ function inUrlAuthority(text: string, at: number): boolean {
 /** Characters that end a URL's authority: whitespace, / ? # and quotes/brackets. */
 const URL_AUTHORITY_END = new Set([...' \t\n\r\f\v/?#"\'`<>\\'].map((c) => c.charCodeAt(0)));
 
-/** A domain of at least two labels (each 1-63 letters, digits, inner dashes) ending in a plausible TLD. */
-function validDomain(domain: string): boolean {
-  if (domain.length > 253) return false;
-  let start = 0;
+/** text[start, end) is a local part: not empty, not ending with a dot, no `..` (leading dots are trimmed before). */
+function validLocal(text: string, start: number, end: number): boolean {
+  if (start >= end || text.charCodeAt(end - 1) === 46) return false;
+  for (let i = start + 1; i < end; i++) if (text.charCodeAt(i) === 46 && text.charCodeAt(i - 1) === 46) return false;
+  return true;
+}
+
+/**
+ * text[start, end), made of domain characters only, is a domain of at least two labels (each
+ * 1-63 letters, digits, inner dashes) ending in a plausible TLD. Indexes instead of slices: this
+ * runs for every `@`.
+ */
+function validDomain(text: string, start: number, end: number): boolean {
+  if (end - start > 253) return false;
+  let label = start;
   let labels = 0;
-  for (;;) {
-    let end = domain.indexOf('.', start);
-    if (end < 0) end = domain.length;
-    const n = end - start;
-    if (n < 1 || n > 63 || domain.charCodeAt(start) === 45 || domain.charCodeAt(end - 1) === 45) return false;
+  for (let i = start; i <= end; i++) {
+    if (i < end && text.charCodeAt(i) !== 46) continue;
+    const n = i - label;
+    if (n < 1 || n > 63 || text.charCodeAt(label) === 45 || text.charCodeAt(i - 1) === 45) return false;
     labels++;
-    if (end === domain.length) {
-      const tld = domain.slice(start);
-      return labels >= 2 && TLD_RE.test(tld) && !NOT_TLDS.has(tld.toLowerCase());
-    }
-    start = end + 1;
+    if (i < end) label = i + 1;
   }
+  return labels >= 2 && plausibleTld(text, label, end);
+}
+
+/** text[start, end), a valid label, is `[A-Za-z]{2,63}` but not a file extension, or `xn--[A-Za-z0-9-]{1,59}` (IDN). */
+function plausibleTld(text: string, start: number, end: number): boolean {
+  const n = end - start;
+  if (n >= 5 && text.startsWith('xn--', start)) return true;
+  if (n < 2) return false;
+  for (let i = start; i < end; i++) {
+    const c = text.charCodeAt(i) | 0x20; // lower case, for letters
+    if (c < 97 || c > 122) return false;
+  }
+  return n > 4 || !NOT_TLDS.has(lettersKey(text, start, end));
 }
 
 const email: Detector = {
   name: 'email',
   minLength: 6, // a@b.cd
   quick: /@/,
+  quickUtf8: asciiNeedles('@'),
   find(text) {
     const spans: Span[] = [];
     let at = text.indexOf('@');
@@ -162,16 +260,12 @@ const email: Detector = {
         if (at - s > 64) break; // longer than a local part may be
       }
       const tooLong = at - s > 64;
+      const fromStart = s === 0; // the text up to `@` is all local-part characters: no `://` before it
       let e = at + 1;
       while (e < text.length && e - at <= 256 && isDomainCode(text.charCodeAt(e))) e++;
-      while (e > at + 1 && (text[e - 1] === '.' || text[e - 1] === '-')) e--;
-      while (s < at && text[s] === '.') s++;
-      const local = text.slice(s, at);
-      const ok =
-        !tooLong && local.length > 0 &&
-        !local.endsWith('.') && !local.includes('..') &&
-        validDomain(text.slice(at + 1, e)) &&
-        !inUrlAuthority(text, at);
+      while (e > at + 1 && (text.charCodeAt(e - 1) === 46 || text.charCodeAt(e - 1) === 45)) e--; // . -
+      while (s < at && text.charCodeAt(s) === 46) s++;
+      const ok = !tooLong && validLocal(text, s, at) && validDomain(text, at + 1, e) && (fromStart || !inUrlAuthority(text, at));
       if (ok) {
         spans.push([s, e]);
         floor = e;
@@ -449,10 +543,14 @@ const GITHUB_RE = /(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_
 const GITLAB_RE = /(?<![A-Za-z0-9_-])gl(?:pat|dt|rt|ptt|ft|cbt|oas|imt|soat|agent|ffct)-[A-Za-z0-9_-]{20,255}(?:\.[A-Za-z0-9_-]{2,64}){0,4}(?![A-Za-z0-9_-])/g;
 const SLACK_RE = /(?<![A-Za-z0-9_-])(?:xox[abpors]-|xapp-)[A-Za-z0-9-]{10,250}(?![A-Za-z0-9_-])/g;
 
-function prefixed(name: string, quick: RegExp, re: RegExp, valid?: (token: string) => boolean): Detector {
+function prefixed(
+  name: string, quick: RegExp, re: RegExp, valid?: (token: string) => boolean,
+  quickUtf8?: QuickUtf8,
+): Detector {
   return {
     name,
     quick,
+    quickUtf8,
     find(text) {
       const spans: Span[] = [];
       each(re, text, (m) => {
@@ -463,10 +561,12 @@ function prefixed(name: string, quick: RegExp, re: RegExp, valid?: (token: strin
   };
 }
 
-const githubToken = prefixed('github_token', /gh[pousr]_|github_pat_/, GITHUB_RE);
+const githubToken = prefixed('github_token', /gh[pousr]_|github_pat_/, GITHUB_RE, undefined,
+  asciiNeedles('ghp_', 'gho_', 'ghu_', 'ghs_', 'ghr_', 'github_pat_'));
 const gitlabToken = prefixed('gitlab_token', /gl[a-z]{1,5}-/, GITLAB_RE, (t) => /\d/.test(t) || /[A-Z]/.test(t));
 // Slack tokens carry numeric team/user ids: require a digit (rules out "xoxo-hugs-and-kisses").
-const slackToken = prefixed('slack_token', /xox[abpors]-|xapp-/, SLACK_RE, (t) => /\d/.test(t.slice(5)));
+const slackToken = prefixed('slack_token', /xox[abpors]-|xapp-/, SLACK_RE, (t) => /\d/.test(t.slice(5)),
+  asciiNeedles('xoxa-', 'xoxb-', 'xoxp-', 'xoxo-', 'xoxr-', 'xoxs-', 'xapp-'));
 
 // ---------------------------------------------------------------------------------------------
 // jwt
@@ -508,7 +608,7 @@ const jwt: Detector = {
 // as it looks like key material: base64, whitespace, `\n` escapes and `Header: value` lines.
 const PEM_RE = /-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----(?:[\s\S]*?-----END \1-----|(?:[A-Za-z0-9+/=\s.,:-]|\\[nr])*)/g;
 
-const privateKey = prefixed('private_key', /PRIVATE KEY/, PEM_RE);
+const privateKey = prefixed('private_key', /PRIVATE KEY/, PEM_RE, undefined, asciiNeedles('PRIVATE KEY'));
 
 // ---------------------------------------------------------------------------------------------
 // url_password
@@ -519,6 +619,7 @@ const AUTHORITY_END = /[\s/?#"'`<>\\]/;
 const urlPassword: Detector = {
   name: 'url_password',
   quick: /:\/\//,
+  quickUtf8: asciiNeedles('://'),
   find(text) {
     const spans: Span[] = [];
     let i = text.indexOf('://');

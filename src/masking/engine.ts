@@ -1,11 +1,13 @@
 // The masking engine: applies the mask rules of a decision to response values. Protocol-neutral:
-// it sees values (text form) and column metadata, never wire bytes, so the PostgreSQL adapter,
-// SSH output, HTTP bodies and MySQL rows all use the same engine.
+// it sees values (text, or the UTF-8 bytes of a text) and column metadata, never wire framing,
+// so the PostgreSQL adapter, SSH output, HTTP bodies and MySQL rows all use the same engine.
 //
 //   const masker = new Masker(decision.masks, { hashKey });
 //   if (!masker.empty) {
 //     const plan = masker.plan(columns);          // once per result set (RowDescription)
 //     if (plan.active) cell = plan.mask(i, cell); // per value; === tells "unchanged"
+//     // or, from UTF-8 bytes: decoded only when something may be found; undefined = unchanged
+//     const masked = plan.maskUtf8(i, buf, start, end);
 //   }
 //   text = masker.maskText(text);                 // errors, notices, terminal output
 //
@@ -19,7 +21,7 @@
 
 import type { MaskRuleRef } from '../core/types.ts';
 import type { MaskStrategy } from '../policy/schema.ts';
-import { DETECTORS, type Detector, type Span } from './detectors.ts';
+import { DETECTORS, type Detector, type QuickUtf8, type Span } from './detectors.ts';
 import { REDACTED, STRICTNESS, applyStrategy, isMaskStrategy, stricter } from './strategies.ts';
 
 export interface ColumnMeta {
@@ -41,16 +43,20 @@ export interface ColumnPlan {
   /** Per column: 'none' | 'whole' (column rule: the whole value is replaced) | 'scan' (detectors look inside). */
   readonly modes: ReadonlyArray<'none' | 'whole' | 'scan'>;
   /**
-   * Per column: values shorter than this (UTF-16 units; a UTF-8 byte length is never less) are
-   * returned unchanged, so callers may skip decoding them. 0 for 'whole' columns.
-   */
-  readonly minLengths: ReadonlyArray<number>;
-  /**
    * Masks one value of column i (text form). Returns the masked text, or null when the strategy
    * is `null`. Unchanged values are returned as the same string, so callers can detect "no
    * change" with ===.
    */
   mask(i: number, value: string): string | null;
+  /**
+   * Masks one value of column i given as its UTF-8 bytes, `buf[start, end)` (for callers that
+   * hold encoded values, such as the PostgreSQL adapter). Returns the masked text, null when the
+   * strategy is `null`, or undefined when the value is unchanged. Always the same result as
+   * `mask` on the decoded text, but a value that cannot hold a hit is not decoded at all: too
+   * short, or ruled out by the detectors' byte prefilters (no `@` for email, no run of 13 digits
+   * for credit_card...).
+   */
+  maskUtf8(i: number, buf: Buffer, start: number, end: number): string | null | undefined;
   /** Counts so far, per column that had at least one masked value. */
   stats(): MaskStats[];
 }
@@ -110,6 +116,15 @@ interface DetectPlan {
   strategies: MaskStrategy[];
   /** Shortest text any of the detectors can find something in. */
   minLength: number;
+  /**
+   * The detectors' byte prefilters (Detector.quickUtf8) when every detector has one and there are
+   * at most SKIP_BITS of them: values given as bytes are then decoded only when one passes.
+   * Undefined otherwise: such values are always decoded, as the `quick` regexes on the text cost
+   * less than loops over the bytes.
+   */
+  quickUtf8?: QuickUtf8[];
+  /** Per detector: its minLength (0 if none). */
+  minLengths: number[];
   /** Label for stats: the strategies used, strictest first. */
   label: string;
 }
@@ -120,7 +135,30 @@ function buildDetectPlan(byDetector: Map<string, { detector: Detector; strategy:
   const strategies = entries.map((e) => e.strategy);
   const minLength = Math.min(...detectors.map((d) => d.minLength ?? 0));
   const label = [...new Set(strategies)].sort((a, b) => STRICTNESS[b] - STRICTNESS[a]).join(',');
-  return { detectors, strategies, minLength, label };
+  const quickUtf8 = detectors.map((d) => d.quickUtf8);
+  return {
+    detectors, strategies, minLength, label,
+    quickUtf8: detectors.length <= SKIP_BITS && all(quickUtf8) ? quickUtf8 : undefined,
+    minLengths: detectors.map((d) => d.minLength ?? 0),
+  };
+}
+
+const all = <T>(xs: (T | undefined)[]): xs is T[] => xs.every((x) => x !== undefined);
+
+/** Most detectors a plan may have for its byte prefilters to be used: one bit each in a skip mask. */
+const SKIP_BITS = 30;
+
+/**
+ * The skip mask of the UTF-8 value buf[start, end) for a plan with byte prefilters: bit k set when
+ * detector k cannot find anything in it, being shorter than its minLength (which counts UTF-16
+ * units, and a UTF-8 text has at least as many bytes as units) or ruled out by its prefilter.
+ */
+function skippedDetectors(plan: DetectPlan, quickUtf8: QuickUtf8[], buf: Buffer, start: number, end: number): number {
+  let skip = 0;
+  for (let k = 0; k < quickUtf8.length; k++) {
+    if (end - start < plan.minLengths[k] || !quickUtf8[k](buf, start, end)) skip |= 1 << k;
+  }
+  return skip;
 }
 
 interface Hit {
@@ -131,40 +169,49 @@ interface Hit {
 
 /**
  * Runs the plan's detectors over `value`. Returns `value` itself when nothing is found; null
- * when a hit's strategy is `null` and the value is a column value (`inText` false).
+ * when a hit's strategy is `null` and the value is a column value (`inText` false). `skip`, when
+ * the value came as bytes and every detector has a byte prefilter: the mask from
+ * skippedDetectors, bit k set when detector k finds nothing; the other detectors passed their
+ * prefilter, which is their `quick` test, so it is not run again on the text.
  */
-function scan(plan: DetectPlan, value: string, key: Buffer, inText: boolean): string | null {
+function scan(plan: DetectPlan, value: string, key: Buffer, inText: boolean, skip?: number): string | null {
   if (value.length < plan.minLength) return value;
   let hits: Hit[] | undefined;
   for (let k = 0; k < plan.detectors.length; k++) {
     const d = plan.detectors[k];
-    if (d.quick && !d.quick.test(value)) continue;
+    if (skip === undefined ? d.quick && !d.quick.test(value) : skip & (1 << k)) continue;
     const spans: Span[] = d.find(value);
-    for (const [start, end] of spans) if (end > start) (hits ??= []).push({ start, end, strategy: plan.strategies[k] });
-  }
-  if (!hits) return value;
-  let merged = hits;
-  if (hits.length > 1) {
-    hits.sort((a, b) => a.start - b.start || b.end - a.end);
-    // Merge overlapping hits; the merged span takes the strictest strategy.
-    merged = [{ ...hits[0] }];
-    for (let h = 1; h < hits.length; h++) {
-      const cur = hits[h];
-      const last = merged[merged.length - 1];
-      if (cur.start < last.end) {
-        if (cur.end > last.end) last.end = cur.end;
-        last.strategy = stricter(last.strategy, cur.strategy);
-      } else merged.push({ ...cur });
+    for (let j = 0; j < spans.length; j++) {
+      const start = spans[j][0];
+      const end = spans[j][1];
+      if (end > start) (hits ??= []).push({ start, end, strategy: plan.strategies[k] });
     }
   }
-  if (!inText && merged.some((h) => h.strategy === 'null')) return null;
+  if (!hits) return value;
+  const merged = hits.length > 1 ? mergeHits(hits) : hits;
+  if (!inText) for (const h of merged) if (h.strategy === 'null') return null;
   let out = '';
   let pos = 0;
   for (const h of merged) {
     out += value.slice(pos, h.start) + (applyStrategy(h.strategy, value.slice(h.start, h.end), key, true) ?? REDACTED);
     pos = h.end;
   }
-  return out + value.slice(pos);
+  return pos === value.length ? out : out + value.slice(pos);
+}
+
+/** Sorts hits and merges overlapping ones; a merged hit takes the strictest strategy. */
+function mergeHits(hits: Hit[]): Hit[] {
+  hits.sort((a, b) => a.start - b.start || b.end - a.end);
+  const merged = [{ ...hits[0] }];
+  for (let h = 1; h < hits.length; h++) {
+    const cur = hits[h];
+    const last = merged[merged.length - 1];
+    if (cur.start < last.end) {
+      if (cur.end > last.end) last.end = cur.end;
+      last.strategy = stricter(last.strategy, cur.strategy);
+    } else merged.push({ ...cur });
+  }
+  return merged;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -278,7 +325,6 @@ export class Masker {
 class Plan implements ColumnPlan {
   readonly active: boolean;
   readonly modes: ReadonlyArray<'none' | 'whole' | 'scan'>;
-  readonly minLengths: ReadonlyArray<number>;
   readonly #res: Resolution[];
   readonly #columns: ColumnMeta[];
   readonly #key: Buffer;
@@ -289,7 +335,6 @@ class Plan implements ColumnPlan {
     this.#columns = columns;
     this.#key = key;
     this.modes = Object.freeze(res.map((r) => r.mode));
-    this.minLengths = Object.freeze(res.map((r) => (r.mode === 'scan' ? r.plan.minLength : r.mode === 'none' ? Infinity : 0)));
     this.active = res.some((r) => r.mode !== 'none');
     this.#counts = new Array<number>(res.length).fill(0);
   }
@@ -303,6 +348,31 @@ class Plan implements ColumnPlan {
     }
     const out = scan(r.plan, value, this.#key, false);
     if (out !== value) this.#counts[i]++;
+    return out;
+  }
+
+  maskUtf8(i: number, buf: Buffer, start: number, end: number): string | null | undefined {
+    const r = this.#res[i];
+    if (r === undefined || r.mode === 'none') return undefined;
+    if (r.mode === 'whole') {
+      this.#counts[i]++;
+      // redact and null do not look at the value: not decoded.
+      if (r.strategy === 'redact' || r.strategy === 'null') return applyStrategy(r.strategy, '', this.#key);
+      const value = buf.toString('utf8', start, end);
+      const out = applyStrategy(r.strategy, value, this.#key);
+      return out === value ? undefined : out;
+    }
+    if (end - start < r.plan.minLength) return undefined;
+    let skip: number | undefined;
+    const quickUtf8 = r.plan.quickUtf8;
+    if (quickUtf8) {
+      skip = skippedDetectors(r.plan, quickUtf8, buf, start, end);
+      if (skip === 2 ** quickUtf8.length - 1) return undefined; // every detector ruled out: not decoded
+    }
+    const value = buf.toString('utf8', start, end);
+    const out = scan(r.plan, value, this.#key, false, skip);
+    if (out === value) return undefined;
+    this.#counts[i]++;
     return out;
   }
 

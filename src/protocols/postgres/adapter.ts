@@ -1065,22 +1065,17 @@ const INT_TYPES: Record<number, number> = { 21: 2, 23: 4, 20: 8 };
 
 /**
  * Masks one non-null value, the `len` bytes of `body` at `start`. Returns the replacement
- * (undefined: unchanged). Text format and text-like binary types are masked as text. Binary
+ * (undefined: unchanged). Text format and text-like binary types are masked as text, handed to
+ * the engine as UTF-8 bytes: it decodes only values that may hold something to mask. Binary
  * integers are read as decimal text for the detectors and sent as NULL when anything in them must
  * be masked (a masked text cannot be encoded back into an integer). Other binary values are sent
  * as NULL when a column rule names them, and passed when only detectors apply (they are not text).
  */
 function maskValue(plan: ColumnPlan, i: number, field: FieldDescription, body: Buffer, start: number, len: number): Buffer | string | null | undefined {
-  if (field.format === 0 || TEXT_LIKE_TYPES.has(field.typeOid)) {
-    if (len < plan.minLengths[i]) return undefined; // too short to hold anything to mask: not even decoded
-    const text = body.toString('utf8', start, start + len);
-    const masked = plan.mask(i, text);
-    return masked === text ? undefined : masked;
-  }
+  if (field.format === 0 || TEXT_LIKE_TYPES.has(field.typeOid)) return plan.maskUtf8(i, body, start, start + len);
   if (field.typeOid === JSONB && len > 0 && body[start] === 1) {
-    const text = body.toString('utf8', start + 1, start + len);
-    const masked = plan.mask(i, text);
-    return masked === text ? undefined : masked === null ? null : Buffer.concat([body.subarray(start, start + 1), Buffer.from(masked, 'utf8')]);
+    const masked = plan.maskUtf8(i, body, start + 1, start + len);
+    return masked === undefined || masked === null ? masked : Buffer.concat([body.subarray(start, start + 1), Buffer.from(masked, 'utf8')]);
   }
   const size = INT_TYPES[field.typeOid];
   if (size && len === size) {

@@ -303,7 +303,7 @@ export function dataRowCells(body: Buffer): Int32Array {
   let off = 2;
   for (let i = 0; i < n; i++) {
     if (off + 4 > body.length) throw new ProtocolError('DataRow truncated');
-    const len = body.readInt32BE(off);
+    const len = readInt32(body, off);
     off += 4;
     if (len > body.length - off) throw new ProtocolError('DataRow truncated');
     cells[2 * i] = off;
@@ -311,6 +311,24 @@ export function dataRowCells(body: Buffer): Int32Array {
     if (len > 0) off += len;
   }
   return cells;
+}
+
+/** Buffer#readInt32BE / writeInt32BE by hand, without their argument checks (a hot path; callers check bounds). */
+function readInt32(buf: Buffer, off: number): number {
+  return (buf[off] << 24) | (buf[off + 1] << 16) | (buf[off + 2] << 8) | buf[off + 3];
+}
+function writeInt32(buf: Buffer, n: number, off: number): void {
+  buf[off] = n >>> 24;
+  buf[off + 1] = n >>> 16;
+  buf[off + 2] = n >>> 8;
+  buf[off + 3] = n;
+}
+
+/** UTF-8 size of `text`: short ASCII counted by hand, which is faster than Buffer.byteLength. */
+function utf8Size(text: string): number {
+  if (text.length > 64) return Buffer.byteLength(text);
+  for (let i = 0; i < text.length; i++) if (text.charCodeAt(i) > 0x7f) return Buffer.byteLength(text);
+  return text.length;
 }
 
 /** Buffer#copy for short runs by hand: the native call costs more than the copy (a hot path). */
@@ -450,12 +468,12 @@ export const encode = {
     for (let i = 0; i < n; i++) {
       const c = changes[i];
       if (c === undefined) continue;
-      sizes[i] = c === null ? -1 : typeof c === 'string' ? Buffer.byteLength(c) : c.length;
+      sizes[i] = c === null ? -1 : typeof c === 'string' ? utf8Size(c) : c.length;
       len += Math.max(0, sizes[i]) - Math.max(0, cells[2 * i + 1]);
     }
     const out = Buffer.allocUnsafe(1 + len);
     out[0] = 0x44; // 'D'
-    out.writeInt32BE(len, 1);
+    writeInt32(out, len, 1);
     // Unchanged cells are copied in runs (header and value together), straight from the body.
     let off = 5;
     let from = 0;
@@ -465,7 +483,7 @@ export const encode = {
       const header = cells[2 * i] - 4;
       off += copyBytes(body, from, header, out, off);
       from = cells[2 * i] + Math.max(0, cells[2 * i + 1]);
-      out.writeInt32BE(sizes[i], off);
+      writeInt32(out, sizes[i], off);
       off += 4;
       if (typeof c === 'string') off += writeUtf8(out, c, off, sizes[i]);
       else if (c !== null) off += copyBytes(c, 0, c.length, out, off);
