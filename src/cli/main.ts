@@ -9,6 +9,8 @@ import { formatTable, printBanner, waitForStop } from './format.ts';
 import { registerApprovals } from './approvals.ts';
 import { registerAudit } from './audit.ts';
 import { registerSessions } from './sessions.ts';
+import { registerAgentCommands } from './agents.ts';
+import { AGENT_GROUP } from '../identity/agent-tokens.ts';
 // The gateway, the demo and the store are imported where they are used, so that `--help`,
 // `policy check` and friends start fast.
 
@@ -68,6 +70,7 @@ token
   .action(async (opts: { subject: string; groups: string; ttl: string; description?: string; json?: boolean; config: string }) => {
     const ttlMs = parseTtl(opts.ttl);
     const groups = opts.groups.split(',').map((g) => g.trim()).filter(Boolean);
+    if (groups.includes(AGENT_GROUP)) throw new InvalidArgumentError(`--groups: ${AGENT_GROUP} is reserved for agent tokens (airlock agent-token create)`);
     const { TokenTtlTooLongError } = await import('../store/store.ts');
     await withStore(opts.config, async (store) => {
       const { token: tok, record } = await store.createToken({ subject: opts.subject, groups, ttlMs, description: opts.description })
@@ -138,6 +141,7 @@ policy
 registerApprovals(program, configOption);
 registerAudit(program, configOption);
 registerSessions(program, configOption, withStore);
+registerAgentCommands(program, configOption, withStore);
 
 (await import('./exec.ts')).registerExec(program);
 

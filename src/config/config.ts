@@ -47,7 +47,13 @@ export const configSchema = z.strictObject({
   listeners: z.strictObject({
     api: hostPort.default('127.0.0.1:8080'),
     postgres: hostPort.default('127.0.0.1:15432'),
+    /** Where remote agents dial in (TLS, the gateway's certificate); unset: no remote agents. */
+    agents: hostPort.optional(),
   }).default({ api: '127.0.0.1:8080', postgres: '127.0.0.1:15432' }),
+  agents: z.strictObject({
+    heartbeat: durationText('heartbeat').optional(),
+    max_missed: z.number().int().min(1).max(100).optional(),
+  }).optional(),
   tls: z.strictObject({ cert: z.string(), key: z.string() }).optional(),
   identity: z.strictObject({ issuers: z.array(issuerSchema).default([]) }).default({ issuers: [] }),
   agent: z.strictObject({ connections: z.array(connectionSchema).default([]) }).default({ connections: [] }),
@@ -73,7 +79,9 @@ export interface AirlockConfig {
   dataDir: string;
   storePath: string;
   policiesDir: string;
-  listeners: { api: HostPort; postgres: HostPort };
+  listeners: { api: HostPort; postgres: HostPort; agents?: HostPort };
+  /** Remote agents: heartbeat interval and how many may be missed before an agent is dropped. */
+  agents: { heartbeatMs?: number; maxMissed?: number };
   tls?: { cert: string; key: string };
   issuers: RawConfig['identity']['issuers'];
   connections: { name: string; url: string }[];
@@ -155,7 +163,11 @@ export function buildConfig(raw: unknown, baseDir: string, env: NodeJS.ProcessEn
     dataDir,
     storePath: c.store?.path ? abs(c.store.path) : path.join(dataDir, 'airlock.db'),
     policiesDir: abs(c.policies),
-    listeners: { api: parseHostPort(c.listeners.api), postgres: parseHostPort(c.listeners.postgres) },
+    listeners: {
+      api: parseHostPort(c.listeners.api), postgres: parseHostPort(c.listeners.postgres),
+      ...(c.listeners.agents === undefined ? {} : { agents: parseHostPort(c.listeners.agents) }),
+    },
+    agents: { heartbeatMs: c.agents?.heartbeat ? parseDuration(c.agents.heartbeat) : undefined, maxMissed: c.agents?.max_missed },
     tls: c.tls && { cert: abs(c.tls.cert), key: abs(c.tls.key) },
     issuers: c.identity.issuers,
     connections: c.agent.connections,

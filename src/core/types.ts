@@ -187,7 +187,8 @@ export interface ApprovalDecisionEntry {
 export type AuditEventType =
   | 'session.start' | 'session.end' | 'statement' | 'auth.failure' | 'protocol.error'
   | 'token.create' | 'token.revoke' | 'policy.load' | 'policy.error'
-  | 'approval.requested' | 'approval.approved' | 'approval.rejected' | 'approval.expired' | 'approval.cancelled' | 'approval.used';
+  | 'approval.requested' | 'approval.approved' | 'approval.rejected' | 'approval.expired' | 'approval.cancelled' | 'approval.used'
+  | 'agent.connect' | 'agent.disconnect';
 
 export interface AuditEvent {
   id?: number;

@@ -20,22 +20,26 @@ function canSee(rec: ApprovalRecord, who: Identity): boolean {
   return rec.terms.requirements.some((q) => q.approvers.some((a) => approverMatches(a, who)));
 }
 
+/** The caller of an API request, from its Bearer token; undefined after a 401 was sent. */
+export async function bearerIdentity(req: FastifyRequest, reply: FastifyReply,
+  deps: Pick<ApprovalApiDeps, 'authenticate' | 'isIdentityActive'>): Promise<Identity | undefined> {
+  const m = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '');
+  if (!m) {
+    void reply.code(401).header('www-authenticate', 'Bearer').send({ error: 'an Airlock token or a JWT is required (Authorization: Bearer ...)' });
+    return undefined;
+  }
+  try {
+    const id = await deps.authenticate(m[1]);
+    if (await deps.isIdentityActive(id)) return id;
+    throw new AuthError('revoked', 'the token was revoked or has expired');
+  } catch (err) {
+    void reply.code(401).send({ error: err instanceof AuthError || err instanceof ServiceTokenError ? err.message : 'authentication failed' });
+    return undefined;
+  }
+}
+
 export function registerApprovalRoutes(api: FastifyInstance, deps: ApprovalApiDeps): void {
-  const caller = async (req: FastifyRequest, reply: FastifyReply): Promise<Identity | undefined> => {
-    const m = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '');
-    if (!m) {
-      void reply.code(401).header('www-authenticate', 'Bearer').send({ error: 'an Airlock token or a JWT is required (Authorization: Bearer ...)' });
-      return undefined;
-    }
-    try {
-      const id = await deps.authenticate(m[1]);
-      if (await deps.isIdentityActive(id)) return id;
-      throw new AuthError('revoked', 'the token was revoked or has expired');
-    } catch (err) {
-      void reply.code(401).send({ error: err instanceof AuthError || err instanceof ServiceTokenError ? err.message : 'authentication failed' });
-      return undefined;
-    }
-  };
+  const caller = (req: FastifyRequest, reply: FastifyReply) => bearerIdentity(req, reply, deps);
 
   api.get('/api/approvals', async (req, reply) => {
     const who = await caller(req, reply);

@@ -24,8 +24,11 @@ import { VERSION } from '../core/version.ts';
 import { isLoopback } from '../core/net.ts';
 import { Approvals } from '../approvals/service.ts';
 import { Notifier } from '../approvals/notify.ts';
-import { registerApprovalRoutes } from './approvals-api.ts';
+import { bearerIdentity, registerApprovalRoutes } from './approvals-api.ts';
 import { auditStoreOptions } from '../audit/config.ts';
+import { combineAgents, startAgentHub } from './agents.ts';
+import { AGENT_GROUP } from '../identity/agent-tokens.ts';
+import type { AgentHub } from '../agent/tunnel.ts';
 
 
 export class PolicyInvalidError extends Error {
@@ -42,13 +45,15 @@ export interface Gateway {
   policies: PolicyHolder;
   tls: TlsMaterial;
   /** Bound addresses (ports resolved when the config asked for port 0). */
-  addresses: { api: HostPort & { tls: boolean }; postgres: HostPort };
+  addresses: { api: HostPort & { tls: boolean }; postgres: HostPort; agents?: HostPort };
+  /** Remote agents (when `listeners.agents` is set). */
+  agents?: AgentHub;
   log: Logger;
   reloadPolicies(): void;
   close(): Promise<void>;
 }
 
-export async function startGateway(config: AirlockConfig, agent: AgentLink, opts: { logger?: Logger } = {}): Promise<Gateway> {
+export async function startGateway(config: AirlockConfig, localAgent: AgentLink, opts: { logger?: Logger } = {}): Promise<Gateway> {
   const log = opts.logger ?? pino({ level: config.logLevel, base: { service: 'airlock' } }, pino.destination(2));
   const policies = new PolicyHolder(config.policiesDir);
   const initial = policies.load();
@@ -85,7 +90,11 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
     audit({ time: new Date().toISOString(), type: 'policy.load', bundleVersion: bundle().version, detail: { files: bundle().files } });
 
     const authenticate = async (token: string): Promise<Identity> => {
-      if (looksLikeServiceToken(token)) return store.verifyServiceToken(token);
+      if (looksLikeServiceToken(token)) {
+        const id = await store.verifyServiceToken(token);
+        if (id.groups.includes(AGENT_GROUP)) throw new AuthError('agent_token', 'an agent token cannot be used to open sessions');
+        return id;
+      }
       if (JwtVerifier.looksLikeJwt(token)) return jwt.verify(token);
       throw new AuthError('malformed', 'the password must be an Airlock token or a JWT from a trusted issuer');
     };
@@ -103,9 +112,14 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
       await notifier.idle();
     });
 
-    const served = new Set(agent.serves());
-    for (const c of bundle().connections) {
-      if (!served.has(c.name)) log.warn({ connection: c.name }, 'connection is declared in policies but no agent serves it');
+    const remote = config.listeners.agents ? await startAgentHub(config, tls, store, log, audit) : undefined;
+    if (remote) closers.push(async () => remote.close());
+    const agent = combineAgents(localAgent, remote?.hub);
+    if (!remote) {
+      const served = new Set(agent.serves());
+      for (const c of bundle().connections) {
+        if (!served.has(c.name)) log.warn({ connection: c.name }, 'connection is declared in policies but no agent serves it');
+      }
     }
 
     const pg = createPgServer({
@@ -139,19 +153,23 @@ export async function startGateway(config: AirlockConfig, agent: AgentLink, opts
     api.get('/api/status', async () => ({
       version: VERSION,
       policyVersion: bundle().version,
-      connections: bundle().connections.map((c) => ({ ...c, served: served.has(c.name) })),
+      connections: bundle().connections.map((c) => ({ ...c, served: agent.serves().includes(c.name) })),
       listeners: { postgres: `${pgAddr.host}:${pgAddr.port}` },
       tlsFingerprint: tls.fingerprint,
     }));
     registerApprovalRoutes(api, { approvals, authenticate, isIdentityActive });
+    api.get('/api/agents', async (req, reply) => {
+      if (!(await bearerIdentity(req, reply, { authenticate, isIdentityActive }))) return reply;
+      return { agents: remote?.hub.agents() ?? [], local: localAgent.serves() };
+    });
     await api.listen({ host: config.listeners.api.host, port: config.listeners.api.port });
     const apiAddr = api.server.address() as net.AddressInfo;
 
     log.info({ postgres: pgAddr, api: apiAddr.port, apiTls, policyVersion: bundle().version }, 'gateway started');
     let closed = false;
     return {
-      config, store, approvals, policies, tls, log,
-      addresses: { api: { host: config.listeners.api.host, port: apiAddr.port, tls: apiTls }, postgres: pgAddr },
+      config, store, approvals, policies, tls, log, agents: remote?.hub,
+      addresses: { api: { host: config.listeners.api.host, port: apiAddr.port, tls: apiTls }, postgres: pgAddr, agents: remote?.address },
       reloadPolicies: () => policies.reload(),
       async close() {
         if (closed) return;
