@@ -1,5 +1,6 @@
-// Canonical JSON and the event hash of the audit chain. Pure functions: the store, `audit verify`
-// and anyone checking an export (docs/audit.md) compute exactly the same bytes.
+// The event hash of the audit chain, and the canonical JSON that checkpoint signatures cover.
+// Pure functions: the store, `audit verify` and anyone checking an export (docs/audit.md)
+// compute exactly the same bytes.
 import { createHash } from 'node:crypto';
 
 /** prev_hash of the first event ever written. */
@@ -9,8 +10,8 @@ export const GENESIS_HASH = '0'.repeat(64);
  * JSON with object keys sorted (JavaScript's default sort: UTF-16 code units; for ASCII keys the
  * byte order), no whitespace, strings and numbers as JSON.stringify writes them. Properties whose
  * value is undefined, a function or a symbol are left out (as JSON.stringify does); in arrays
- * they become null. Throws on cycles and on non-finite numbers (audit events are sanitized first,
- * so neither occurs).
+ * they become null. Throws on cycles and on non-finite numbers (checkpoint payloads
+ * have neither).
  */
 export function canonicalJson(value: unknown): string {
   const out: string[] = [];
@@ -73,13 +74,11 @@ export function sha256Hex(data: string | Buffer): string {
 }
 
 /**
- * `sha256(prev_hash + "\n" + canonicalJson({ id, ...event }))`, hex. `event` is the stored event
- * (its `time` and `type` are the normalised values of the row); an `id`, `hash` or `prev_hash`
- * property in it is ignored.
+ * `sha256(prev_hash + "\n" + id + "\n" + event_json)`, hex: the hash of an audit event, over
+ * exactly the stored text of the event (the `event_json` column, UTF-8) and its decimal id.
  */
-export function eventHash(prevHash: string, id: number, event: Record<string, unknown>): string {
-  const { hash: _h, prev_hash: _p, ...rest } = event;
-  return sha256Hex(`${prevHash}\n${canonicalJson({ ...rest, id })}`);
+export function eventHash(prevHash: string, id: number, eventJson: string): string {
+  return createHash('sha256').update(`${prevHash}\n${id}\n${eventJson}`).digest('hex');
 }
 
 export const isHash = (v: unknown): v is string => typeof v === 'string' && /^[0-9a-f]{64}$/.test(v);

@@ -20,7 +20,8 @@ import {
   secretMatches,
 } from '../identity/service-tokens.ts';
 import {
-  sanitizeAuditEvent,
+  restoreAuditEvent,
+  serializeAuditEvent,
   TokenTtlTooLongError,
   type ApprovalQuery,
   type AuditExportQuery,
@@ -33,6 +34,7 @@ import {
   type CreateTokenInput,
   type ListTokensOptions,
   type Store,
+  type StoredAuditEvent,
   type TokenRecord,
 } from './store.ts';
 
@@ -161,12 +163,11 @@ interface TokenRow {
   revoked_ms: number | null;
 }
 
-interface PendingEvent {
-  /** The sanitized event (time and type normalised); absent for events read back from the spool. */
-  event?: Record<string, unknown>;
-  /** JSON.stringify(event): what event_json stores and the spool keeps. */
-  json: string;
-}
+/**
+ * A queued event: its stored form (`json` is what event_json stores, the chain hashes and the
+ * spool keeps), or, read back from the spool, only its JSON.
+ */
+type PendingEvent = StoredAuditEvent | { json: string; time?: undefined };
 
 const EVENT_COLUMNS = 'id, time, type, session_id, subject, connection, decision, event_json, prev_hash, hash';
 
@@ -198,22 +199,12 @@ function rowToRecord(r: TokenRow): TokenRecord {
   return rec;
 }
 
-function normaliseTime(t: unknown): string {
-  if (typeof t === 'string') {
-    const ms = Date.parse(t);
-    return Number.isNaN(ms) ? t : iso(ms);
-  }
-  return iso(Date.now());
-}
-
-const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
-
 interface Statements {
   insertToken: Database.Statement;
   getToken: Database.Statement<[string]>;
   isActive: Database.Statement<[string, number]>;
   revoke: Database.Statement<[number, string]>;
-  insertAudit: Database.Statement;
+  insertAudit: Database.Statement<[number, string, string, string | null, string | null, string | null, string | null, string, string, string]>;
   head: Database.Statement;
   setHead: Database.Statement<[number, string]>;
   seq: Database.Statement;
@@ -318,7 +309,7 @@ export class SqliteStore implements Store {
         revoke: db.prepare(`UPDATE tokens SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL`),
         insertAudit: db.prepare(
           `INSERT INTO audit_events (id, time, type, session_id, subject, connection, decision, event_json, prev_hash, hash)
-           VALUES (@id, @time, @type, @sessionId, @subject, @connection, @decision, @json, @prevHash, @hash)`,
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         ),
         head: db.prepare(`SELECT last_id, last_hash FROM audit_chain WHERE id = 1`),
         setHead: db.prepare(`UPDATE audit_chain SET last_id = ?, last_hash = ? WHERE id = 1`),
@@ -468,14 +459,8 @@ export class SqliteStore implements Store {
     }
     let pending: PendingEvent;
     try {
-      const e = sanitizeAuditEvent(event) as unknown as Record<string, unknown>;
-      // The stored event carries the normalised time and type (the hash covers exactly what is
-      // stored); `hash` and `prev_hash` are names of the chain, not of events.
-      e.time = normaliseTime(e.time);
-      e.type = typeof e.type === 'string' ? e.type : 'unknown';
-      delete e.hash;
-      delete e.prev_hash;
-      pending = { event: e, json: JSON.stringify(e) };
+      // Serialized once, here: the text is what is stored, hashed and spooled.
+      pending = serializeAuditEvent(event);
     } catch (err) {
       this.onError(err);
       return;
@@ -656,19 +641,15 @@ export class SqliteStore implements Store {
       let id = Math.max(lastId, (st.seq.get() as number | undefined) ?? 0) + 1;
       // A checkpoint every `checkpointEvery` events, also inside a batch.
       let covered = this.signer ? ((st.lastCheckpoint.get() as { upto_id: number } | undefined)?.upto_id ?? 0) : Infinity;
+      const insert = st.insertAudit;
       for (const p of events) {
-        const ev = p.event ?? parseEventJson(p.json);
-        if (!ev) {
+        const e = p.time !== undefined ? p : restoreAuditEvent(p.json);
+        if (!e) {
           this.onError(new Error(`unreadable spooled audit event skipped: ${p.json.slice(0, 200)}`));
           continue;
         }
-        const time = typeof ev.time === 'string' ? ev.time : normaliseTime(ev.time);
-        const type = typeof ev.type === 'string' ? ev.type : 'unknown';
-        const hash = eventHash(lastHash, id, ev);
-        st.insertAudit.run({
-          id, time, type, sessionId: str(ev.sessionId), subject: str(ev.subject), connection: str(ev.connection),
-          decision: str(ev.decision), json: p.json, prevHash: lastHash, hash,
-        });
+        const hash = eventHash(lastHash, id, e.json);
+        insert.run(id, e.time, e.type, e.sessionId, e.subject, e.connection, e.decision, e.json, lastHash, hash);
         lastId = id++;
         lastHash = hash;
         if (lastId - covered >= this.checkpointEvery) {
@@ -713,8 +694,9 @@ export class SqliteStore implements Store {
           delete ev.prev_hash;
           ev.time = r.time;
           ev.type = r.type;
-          const hash = eventHash(lastHash, r.id, ev);
-          update.run(JSON.stringify(ev), lastHash, hash, r.id);
+          const json = JSON.stringify(ev);
+          const hash = eventHash(lastHash, r.id, json);
+          update.run(json, lastHash, hash, r.id);
           lastHash = hash;
         } else {
           lastHash = r.hash; // already chained (verify judges it)

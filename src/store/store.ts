@@ -235,6 +235,18 @@ const MAX_DEPTH = 32;
  * symbols. The caller's object is not modified.
  */
 export function sanitizeAuditEvent(event: AuditEvent): AuditEvent {
+  const top = plainTop(event);
+  if (top) {
+    const json = JSON.stringify(top);
+    const copy = JSON.parse(json.includes('alk_') ? redactServiceTokens(json) : json) as AuditEvent;
+    delete copy.id;
+    return copy;
+  }
+  return sanitizeWalk(event);
+}
+
+/** The slow, general sanitizer: a deep walk that rebuilds the event. */
+function sanitizeWalk(event: AuditEvent): AuditEvent {
   const seen = new WeakSet<object>();
   const walk = (v: unknown, depth: number): unknown => {
     switch (typeof v) {
@@ -284,4 +296,139 @@ export function sanitizeAuditEvent(event: AuditEvent): AuditEvent {
   const copy = walk(event, 0) as AuditEvent;
   delete copy.id; // ids are assigned by the store
   return copy;
+}
+
+const dateToJson = Date.prototype.toJSON;
+
+/**
+ * True when JSON.stringify writes `v` exactly as the walk of `sanitizeWalk` would (before the
+ * token scrub): only strings, finite numbers, booleans, null, valid or invalid Dates, and plain
+ * objects and arrays without toJSON, less than MAX_DEPTH deep (so also no cycles). Functions,
+ * symbols and undefined are dropped (null in arrays) by both. No allocation: cheap.
+ */
+function plainJson(v: unknown, depth: number): boolean {
+  switch (typeof v) {
+    case 'string':
+    case 'boolean':
+    case 'undefined':
+    case 'function':
+    case 'symbol':
+      return true;
+    case 'number':
+      return Number.isFinite(v);
+    case 'bigint':
+      return false;
+  }
+  if (v === null) return true;
+  if (depth >= MAX_DEPTH) return false;
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) if (!plainJson(v[i], depth + 1)) return false;
+    return true;
+  }
+  const proto = Object.getPrototypeOf(v) as unknown;
+  if (proto === Date.prototype) return (v as Date).toJSON === dateToJson;
+  if (proto !== Object.prototype && proto !== null) return false;
+  const o = v as Record<string, unknown>;
+  if (o.toJSON !== undefined) return false;
+  for (const k in o) if (!plainJson(o[k], depth + 1)) return false;
+  return true;
+}
+
+/**
+ * A shallow copy of the event that JSON.stringify serializes safely (every value passes
+ * `plainJson`), without `id`; undefined when the event needs the general walk.
+ */
+function plainTop(event: AuditEvent): Record<string, unknown> | undefined {
+  if (typeof event !== 'object' || event === null) return undefined;
+  const proto = Object.getPrototypeOf(event) as unknown;
+  if (proto !== Object.prototype && proto !== null) return undefined;
+  const o: Record<string, unknown> = { ...event };
+  if (o.toJSON !== undefined) return undefined;
+  for (const k in o) if (!plainJson(o[k], 1)) return undefined;
+  if (o.id !== undefined) o.id = undefined; // not delete: JSON.stringify leaves it out, and the object stays fast
+  return o;
+}
+
+/** An audit event as stored: its JSON text (`event_json`, what the chain hashes) and the indexed columns. */
+export interface StoredAuditEvent {
+  json: string;
+  time: string;
+  type: string;
+  sessionId: string | null;
+  subject: string | null;
+  connection: string | null;
+  decision: string | null;
+}
+
+// Exactly what toISOString writes for the date it denotes: checked without building a Date.
+const ISO_UTC_MS = /^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z$/;
+
+/** ISO-8601 UTC with milliseconds; unparseable strings are kept, anything else becomes now. */
+export function normaliseAuditTime(t: unknown): string {
+  if (typeof t === 'string') {
+    if (ISO_UTC_MS.test(t)) return t; // already normal (days past the 28th take the long way)
+    const ms = Date.parse(t);
+    return Number.isNaN(ms) ? t : new Date(ms).toISOString();
+  }
+  return new Date().toISOString();
+}
+
+const strOrNull = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+
+function stored(json: string, e: Record<string, unknown>): StoredAuditEvent {
+  return {
+    json, time: e.time as string, type: e.type as string, sessionId: strOrNull(e.sessionId), subject: strOrNull(e.subject),
+    connection: strOrNull(e.connection), decision: strOrNull(e.decision),
+  };
+}
+
+/**
+ * The stored form of an event: sanitized as by `sanitizeAuditEvent` (tokens scrubbed, hostile
+ * values made safe), `time` normalised (`normaliseAuditTime`), `type` a string, no `id`, `hash`
+ * or `prev_hash`; serialized once. The columns are the event's own values, so they always match
+ * the JSON. The common case is one JSON.stringify plus a substring check for `alk_`; events
+ * holding a token are parsed and re-serialized after the scrub, events holding anything but
+ * plain JSON data take the general walk.
+ */
+export function serializeAuditEvent(event: AuditEvent): StoredAuditEvent {
+  let e = plainTop(event) ?? (sanitizeWalk(event) as unknown as Record<string, unknown>);
+  if (e.hash !== undefined) e.hash = undefined;
+  if (e.prev_hash !== undefined) e.prev_hash = undefined;
+  const t = e.time;
+  e.time = t instanceof Date ? (Number.isNaN(t.getTime()) ? new Date().toISOString() : t.toISOString()) : normaliseAuditTime(t);
+  if (typeof e.type !== 'string') e.type = 'unknown';
+  let json = JSON.stringify(e);
+  if (json.includes('alk_')) {
+    const scrubbed = redactServiceTokens(json);
+    if (scrubbed !== json) {
+      // Tokens never span JSON syntax (their characters are never escaped), so the scrubbed text
+      // is valid JSON; parse it again for the columns and for one canonical serialization (a
+      // token in two object keys could otherwise leave duplicate keys).
+      e = JSON.parse(scrubbed) as Record<string, unknown>;
+      json = JSON.stringify(e);
+    }
+  }
+  return stored(json, e);
+}
+
+/**
+ * The stored form of an event read back from the spool (already sanitized when it was
+ * appended): parsed, normalised as `serializeAuditEvent` does and serialized again.
+ * undefined when the text is not a JSON object.
+ */
+export function restoreAuditEvent(json: string): StoredAuditEvent | undefined {
+  let e: Record<string, unknown>;
+  try {
+    const v = JSON.parse(json) as unknown;
+    if (!v || typeof v !== 'object' || Array.isArray(v)) return undefined;
+    e = v as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+  delete e.id;
+  delete e.hash;
+  delete e.prev_hash;
+  e.time = normaliseAuditTime(e.time);
+  if (typeof e.type !== 'string') e.type = 'unknown';
+  return stored(JSON.stringify(e), e);
 }

@@ -68,7 +68,7 @@ async function verifyReadOnly(path: string, opts: Parameters<Store['verifyAudit'
   }
 }
 
-test('canonical JSON: sorted keys at every level, no whitespace, JSON escapes', () => {
+test('canonical JSON (what checkpoint signatures cover): sorted keys at every level, no whitespace, JSON escapes', () => {
   assert.equal(canonicalJson({ b: 1, a: { d: [3, { y: true, x: null }], c: 'é\n"' }, u: undefined }),
     '{"a":{"c":"é\\n\\"","d":[3,{"x":null,"y":true}]},"b":1}');
   assert.equal(canonicalJson([undefined, 1.5, -0]), '[null,1.5,0]');
@@ -121,8 +121,7 @@ test('chain links across batches and across two store instances on one file; ver
     for (let k = 0; k < rows.length; k++) {
       const r = rows[k]!;
       if (k > 0) assert.equal(r.prev_hash, rows[k - 1]!.hash, `link at ${r.id}`);
-      const e = JSON.parse(r.event_json) as Record<string, unknown>;
-      assert.equal(r.hash, sha256Hex(`${r.prev_hash}\n${canonicalJson({ id: r.id, ...e })}`));
+      assert.equal(r.hash, sha256Hex(`${r.prev_hash}\n${r.id}\n${r.event_json}`));
     }
     assert.deepEqual(rows.slice(1200, 1202).map((r) => (JSON.parse(r.event_json) as AuditEvent).subject), ['b', 'a']);
   } finally {
@@ -135,14 +134,20 @@ test('export lines carry id, prev_hash and hash; the hash is recomputable from t
   const path = await fixture(12);
   const s = await open(path);
   try {
-    const lines = [];
-    for await (const e of s.exportAudit()) lines.push(JSON.parse(JSON.stringify(e)) as Record<string, unknown>);
-    assert.equal(lines.length, 12);
+    const texts: string[] = [];
+    for await (const e of s.exportAudit()) texts.push(JSON.stringify(e)); // what `audit export` writes
+    assert.equal(texts.length, 12);
     let prev = GENESIS_HASH;
-    for (const line of lines) {
-      const { hash, prev_hash, ...event } = line;
+    for (const text of texts) {
+      // docs/audit.md#export, in JavaScript
+      const { id, hash, prev_hash, ...event } = JSON.parse(text) as Record<string, unknown>;
       assert.equal(prev_hash, prev);
-      assert.equal(hash, eventHash(prev_hash as string, event.id as number, event));
+      assert.equal(hash, sha256Hex(`${prev_hash as string}\n${id as number}\n${JSON.stringify(event)}`));
+      // ...and as bytes: the stored event text is the line without its id prefix and hash suffix
+      const prefix = `{"id":${id as number},`;
+      const suffix = `,"prev_hash":"${prev_hash as string}","hash":"${hash as string}"}`;
+      assert.ok(text.startsWith(prefix) && text.endsWith(suffix));
+      assert.equal(hash, eventHash(prev_hash as string, id as number, `{${text.slice(prefix.length, -suffix.length)}}`));
       prev = hash as string;
     }
     const since = [];
@@ -158,6 +163,8 @@ test('editing any stored event is caught at the right id', async () => {
     ['statement in event_json', `UPDATE audit_events SET event_json = json_set(event_json, '$.statement', 'DROP TABLE x') WHERE id = ?`, 7],
     ['nested detail value', `UPDATE audit_events SET event_json = json_set(event_json, '$.detail.nested.z', 2) WHERE id = ?`, 3],
     ['added field', `UPDATE audit_events SET event_json = json_set(event_json, '$.extra', 1) WHERE id = ?`, 12],
+    ['one byte of event_json, same JSON value', `UPDATE audit_events SET event_json = event_json || ' ' WHERE id = ?`, 5],
+    ['key order of event_json', `UPDATE audit_events SET event_json = json_set(json_remove(event_json, '$.time'), '$.time', json_extract(event_json, '$.time')) WHERE id = ?`, 6],
     ['subject column', `UPDATE audit_events SET subject = 'someone-else' WHERE id = ?`, 9],
     ['decision column', `UPDATE audit_events SET decision = 'deny' WHERE id = ?`, 1],
     ['time column', `UPDATE audit_events SET time = '2020-01-01T00:00:00.000Z' WHERE id = ?`, 20],
@@ -185,7 +192,7 @@ test('an edit with every later hash recomputed is caught by the signed checkpoin
     { id: number; event_json: string; prev_hash: string }[];
   let prev = rows[0]!.prev_hash;
   for (const r of rows) {
-    const h = eventHash(prev, r.id, JSON.parse(r.event_json) as Record<string, unknown>);
+    const h = eventHash(prev, r.id, r.event_json);
     raw.prepare('UPDATE audit_events SET prev_hash = ?, hash = ? WHERE id = ?').run(prev, h, r.id);
     prev = h;
   }

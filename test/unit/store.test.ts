@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import type { AuditEvent } from '../../src/core/types.ts';
 import { ServiceTokenError } from '../../src/identity/service-tokens.ts';
-import { openStore, TokenTtlTooLongError, type Store } from '../../src/store/store.ts';
+import { openStore, sanitizeAuditEvent, serializeAuditEvent, TokenTtlTooLongError, type Store } from '../../src/store/store.ts';
 import { SqliteStore } from '../../src/store/sqlite.ts';
 import { durationMs, parseDuration } from '../../src/policy/schema.ts';
 
@@ -445,6 +445,45 @@ test('audit: hostile detail values do not break a batch', async () => {
     assert.deepEqual(list[0]!.detail, { name: 'loop', self: '[circular]' });
     assert.deepEqual(list[1]!.detail, { buf: '[binary 6 bytes]', err: { name: 'Error', message: 'boom' } });
   });
+});
+
+test('serializeAuditEvent: one JSON text, as the sanitizing walk would write it, with matching columns', () => {
+  const token = `alk_abcdefghijk2_${'A'.repeat(43)}`;
+  const masked = 'alk_abcdefghijk2_***';
+  const deep: Record<string, unknown> = {};
+  let cur = deep;
+  for (let i = 0; i < 40; i++) cur = (cur.d = {}) as Record<string, unknown>;
+  const cases: [string, Record<string, unknown>, Record<string, unknown>][] = [
+    ['plain', { statement: 'SELECT 1', rows: 2, detail: { a: [1, 'x', null, true] } },
+      { statement: 'SELECT 1', rows: 2, detail: { a: [1, 'x', null, true] } }],
+    ['tokens in values and keys', { subject: token, detail: { [token]: `x ${token}`, [`${token}B`]: 2 } },
+      { subject: masked, detail: { [masked]: 2 } }],
+    ['non-finite, bigint', { detail: { n: Infinity, m: NaN, b: 5n } }, { detail: { n: 'Infinity', m: 'NaN', b: '5' } }],
+    ['Date, function, undefined', { detail: { d: new Date(0), bad: new Date(NaN), f: () => 1, u: undefined, a: [undefined, () => 1] } },
+      { detail: { d: '1970-01-01T00:00:00.000Z', bad: null, a: [null, null] } }],
+    ['Map, Set, Error, binary', { detail: { m: new Map([['k', 1]]), s: new Set([token]), e: new Error(token), u: new Uint8Array(3) } },
+      { detail: { m: { k: 1 }, s: [masked], e: { name: 'Error', message: masked }, u: '[binary 3 bytes]' } }],
+    ['toJSON', { detail: { toJSON: () => token } }, { detail: {} }],
+    ['too deep', { detail: deep }, { detail: sanitizeAuditEvent({ detail: deep } as unknown as AuditEvent).detail as Record<string, unknown> }],
+    ['chain names and id', { id: 7, hash: 'h', prev_hash: 'p', rows: 1 }, { rows: 1 }],
+  ];
+  for (const [what, extra, want] of cases) {
+    const e: Record<string, unknown> = { time: '2030-01-31T10:00:00Z', type: 'statement', sessionId: 's', connection: 'c', decision: 'allow', ...extra };
+    const out = serializeAuditEvent(e as unknown as AuditEvent);
+    const parsed = JSON.parse(out.json) as Record<string, unknown>;
+    assert.ok(!out.json.includes('A'.repeat(20)), what);
+    assert.deepEqual(parsed, { time: '2030-01-31T10:00:00.000Z', type: 'statement', sessionId: 's', connection: 'c', decision: 'allow', ...want }, what);
+    assert.equal(out.json, JSON.stringify(parsed), `${what}: the text is what JSON.stringify writes`);
+    assert.deepEqual([out.time, out.type, out.sessionId, out.subject, out.connection, out.decision],
+      [parsed.time, parsed.type, parsed.sessionId, (parsed as Record<string, unknown>).subject ?? null, parsed.connection, parsed.decision], what);
+  }
+  assert.match(JSON.stringify(sanitizeAuditEvent({ detail: deep } as unknown as AuditEvent)), /"\[too deep\]"/);
+  // time: already normal, normalised, unparseable kept, missing is now
+  for (const [t, want] of [['2030-01-02T03:04:05.678Z', '2030-01-02T03:04:05.678Z'], ['2030-02-30T00:00:00.000Z', '2030-03-02T00:00:00.000Z'],
+    ['2030-01-01T24:00:00.000Z', '2030-01-02T00:00:00.000Z'], ['2030-01-01', '2030-01-01T00:00:00.000Z'], ['soon', 'soon']]) {
+    assert.equal(serializeAuditEvent({ time: t, type: 'x' } as unknown as AuditEvent).time, want, t);
+  }
+  assert.match(serializeAuditEvent({ type: 'x' } as unknown as AuditEvent).time, /^\d{4}-\d\d-\d\dT/);
 });
 
 test('audit: appendAudit after close neither throws nor writes', async () => {
