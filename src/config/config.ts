@@ -53,6 +53,8 @@ export const configSchema = z.strictObject({
   agents: z.strictObject({
     heartbeat: durationText('heartbeat').optional(),
     max_missed: z.number().int().min(1).max(100).optional(),
+    /** PEM CA (usually `file:/path`): agents must present a client certificate it signed (mTLS). */
+    client_ca: z.string().includes('BEGIN CERTIFICATE', { error: 'client_ca must be a PEM certificate (use file:/path/to/ca.pem)' }).optional(),
   }).optional(),
   tls: z.strictObject({ cert: z.string(), key: z.string() }).optional(),
   identity: z.strictObject({ issuers: z.array(issuerSchema).default([]) }).default({ issuers: [] }),
@@ -81,7 +83,7 @@ export interface AirlockConfig {
   policiesDir: string;
   listeners: { api: HostPort; postgres: HostPort; agents?: HostPort };
   /** Remote agents: heartbeat interval and how many may be missed before an agent is dropped. */
-  agents: { heartbeatMs?: number; maxMissed?: number };
+  agents: { heartbeatMs?: number; maxMissed?: number; clientCa?: string };
   tls?: { cert: string; key: string };
   issuers: RawConfig['identity']['issuers'];
   connections: { name: string; url: string }[];
@@ -116,14 +118,45 @@ export function parseHostPort(s: string): HostPort {
   return { host: s.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(s.slice(i + 1)) };
 }
 
-/** Resolves `${VAR}` references and whole-value `file:` references. */
-export function resolveSecrets(value: string, where: string, baseDir: string, env: NodeJS.ProcessEnv = process.env): string {
-  if (value.startsWith('file:')) {
-    const file = path.resolve(baseDir, value.slice(5));
+/**
+ * A source of secrets for whole-value references `<scheme>:<reference>` in config files. `file`
+ * is built in; further backends (a Vault agent's files, a cloud secret manager) plug in with
+ * registerSecretBackend. Resolution happens once, at start, synchronously.
+ */
+export interface SecretBackend {
+  scheme: string;
+  /** The secret; throw an Error whose message names the problem, never the secret. */
+  resolve(reference: string, ctx: { baseDir: string; env: NodeJS.ProcessEnv }): string;
+}
+
+const secretBackends = new Map<string, SecretBackend>();
+
+export function registerSecretBackend(backend: SecretBackend): void {
+  if (!/^[a-z][a-z0-9-]*$/.test(backend.scheme)) throw new Error(`invalid secret backend scheme "${backend.scheme}"`);
+  secretBackends.set(backend.scheme, backend);
+}
+
+registerSecretBackend({
+  scheme: 'file',
+  resolve(reference, { baseDir }) {
+    const file = path.resolve(baseDir, reference);
     try {
       return fs.readFileSync(file, 'utf8').trim();
     } catch (e) {
-      throw new ConfigError(`${where}: cannot read secret file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      throw new Error(`cannot read secret file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  },
+});
+
+/** Resolves a whole-value `<scheme>:` reference of a registered backend, else `${VAR}` references inside the value. */
+export function resolveSecrets(value: string, where: string, baseDir: string, env: NodeJS.ProcessEnv = process.env): string {
+  const scheme = /^([a-z][a-z0-9-]*):/.exec(value)?.[1];
+  const backend = scheme === undefined ? undefined : secretBackends.get(scheme);
+  if (backend) {
+    try {
+      return backend.resolve(value.slice(scheme!.length + 1), { baseDir, env });
+    } catch (e) {
+      throw new ConfigError(`${where}: ${(e as Error).message}`);
     }
   }
   return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_, name: string) => {
@@ -167,7 +200,7 @@ export function buildConfig(raw: unknown, baseDir: string, env: NodeJS.ProcessEn
       api: parseHostPort(c.listeners.api), postgres: parseHostPort(c.listeners.postgres),
       ...(c.listeners.agents === undefined ? {} : { agents: parseHostPort(c.listeners.agents) }),
     },
-    agents: { heartbeatMs: c.agents?.heartbeat ? parseDuration(c.agents.heartbeat) : undefined, maxMissed: c.agents?.max_missed },
+    agents: { heartbeatMs: c.agents?.heartbeat ? parseDuration(c.agents.heartbeat) : undefined, maxMissed: c.agents?.max_missed, clientCa: c.agents?.client_ca },
     tls: c.tls && { cert: abs(c.tls.cert), key: abs(c.tls.key) },
     issuers: c.identity.issuers,
     connections: c.agent.connections,

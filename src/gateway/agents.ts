@@ -16,7 +16,7 @@ const REVOCATION_CHECK_MS = 1000;
 export async function startAgentHub(config: AirlockConfig, tls: { cert: string; key: string }, store: Store, log: Logger,
   audit: (e: AuditEvent) => void): Promise<{ hub: AgentHub; address: { host: string; port: number }; close(): void }> {
   const hub = new AgentHub({
-    tls: { cert: tls.cert, key: tls.key },
+    tls: { cert: tls.cert, key: tls.key, ...(config.agents.clientCa ? { ca: config.agents.clientCa, requestCert: true, rejectUnauthorized: true } : {}) },
     heartbeatMs: config.agents.heartbeatMs,
     maxMissedHeartbeats: config.agents.maxMissed,
     log: log.child({ component: 'agents' }),

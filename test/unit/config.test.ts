@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { buildConfig, ConfigError, loadConfig, resolveSecrets } from '../../src/config/config.ts';
+import { buildConfig, ConfigError, loadConfig, resolveSecrets, registerSecretBackend } from '../../src/config/config.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'airlock-config-'));
 
@@ -52,4 +52,19 @@ test('loadConfig: withoutAgent ignores agent: (its secrets need not resolve); op
   const missing = path.join(dir, 'missing.yaml');
   assert.throws(() => loadConfig(missing, { withoutAgent: true }), /cannot read config file .*missing\.yaml: ENOENT/);
   assert.equal(loadConfig(missing, { optional: true, withoutAgent: true }).storePath, path.join(dir, '.airlock', 'airlock.db'));
+});
+
+test('secret backends plug in by scheme; other schemes (URLs) are plain values', () => {
+  const vault: Record<string, string> = { 'db/analytics#password': 's3cret' };
+  registerSecretBackend({
+    scheme: 'test-vault',
+    resolve(ref) {
+      if (!(ref in vault)) throw new Error(`no secret at ${ref}`);
+      return vault[ref];
+    },
+  });
+  assert.equal(resolveSecrets('test-vault:db/analytics#password', 'agent.connections[0].url', '/', {}), 's3cret');
+  assert.throws(() => resolveSecrets('test-vault:db/other', 'token', '/', {}), /^ConfigError: token: no secret at db\/other$/);
+  assert.equal(resolveSecrets('postgres://u@h/db', 'url', '/', {}), 'postgres://u@h/db', 'an unregistered scheme is not a reference');
+  assert.throws(() => registerSecretBackend({ scheme: 'Bad Scheme', resolve: () => '' }), /invalid secret backend scheme/);
 });
