@@ -8,6 +8,7 @@
 // parsed statements, policy, audit); pgbench and PostgreSQL are separate processes.
 import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
+import { pgbench as runPgbench } from './pgbench-run.ts';
 import { createTestDb } from '../test/helpers/pgdb.ts';
 import { startTestGateway } from '../test/helpers/gateway.ts';
 
@@ -20,21 +21,8 @@ const { values: args } = parseArgs({
     scale: { type: 'string', default: '10' },
   },
 });
+const pgbench = (conninfo: string, password?: string) => runPgbench(conninfo, { clients: args.clients!, seconds: args.seconds!, mode: args.mode, password });
 
-function pgbench(conninfo: string, password?: string): Promise<number> {
-  const argv = ['-n', '-S', '-M', args.mode!, '-c', args.clients!, '-j', '2', '-T', args.seconds!, conninfo];
-  return new Promise((resolve, reject) => {
-    const child = spawn('pgbench', argv, { env: { ...process.env, ...(password ? { PGPASSWORD: password } : {}) } });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    child.on('close', (code) => {
-      const tps = /tps = ([0-9.]+)/.exec(out)?.[1];
-      if (code !== 0 || !tps) reject(new Error(`pgbench failed (${code}):\n${out}`));
-      else resolve(Number(tps));
-    });
-  });
-}
 
 const db = await createTestDb('airlock_bench');
 const gw = await startTestGateway({

@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
+import { pgbench as runPgbench } from './pgbench-run.ts';
 import { openStore } from '../src/store/store.ts';
 import type { AuditEvent } from '../src/core/types.ts';
 import { createTestDb } from '../test/helpers/pgdb.ts';
@@ -23,6 +24,7 @@ const { values: args } = parseArgs({
     clients: { type: 'string', default: '8' },
   },
 });
+const pgbench = (conninfo: string, password?: string) => runPgbench(conninfo, { clients: args.clients!, seconds: args.seconds!, password });
 
 // 1. The recorder alone.
 {
@@ -49,20 +51,6 @@ const { values: args } = parseArgs({
 }
 
 // 2. pgbench with recording on vs off.
-function pgbench(conninfo: string, password: string): Promise<number> {
-  const argv = ['-n', '-S', '-c', args.clients!, '-j', '2', '-T', args.seconds!, conninfo];
-  return new Promise((resolve, reject) => {
-    const child = spawn('pgbench', argv, { env: { ...process.env, PGPASSWORD: password } });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    child.on('close', (code) => {
-      const tps = /tps = ([0-9.]+)/.exec(out)?.[1];
-      if (code !== 0 || !tps) reject(new Error(`pgbench failed (${code}):\n${out}`));
-      else resolve(Number(tps));
-    });
-  });
-}
 
 const db = await createTestDb('airlock_bench');
 const gw = await startTestGateway({

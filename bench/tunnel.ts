@@ -8,28 +8,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { parseArgs } from 'node:util';
+import { pgbench as runPgbench } from './pgbench-run.ts';
 import { createTestDb } from '../test/helpers/pgdb.ts';
 
 const { values: args } = parseArgs({
   options: { rounds: { type: 'string', default: '3' }, seconds: { type: 'string', default: '6' }, clients: { type: 'string', default: '8' } },
 });
+const pgbench = (conninfo: string, password?: string) => runPgbench(conninfo, { clients: args.clients!, seconds: args.seconds!, password });
 const CLI = path.resolve('bin/airlock.js');
 const TICK_US = 1e6 / Number(spawnSync('getconf', ['CLK_TCK']).stdout.toString().trim() || 100);
 
-function pgbench(conninfo: string, password?: string): Promise<number> {
-  const argv = ['-n', '-S', '-c', args.clients!, '-j', '2', '-T', args.seconds!, conninfo];
-  return new Promise((resolve, reject) => {
-    const child = spawn('pgbench', argv, { env: { ...process.env, ...(password ? { PGPASSWORD: password } : {}) } });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    child.on('close', (code) => {
-      const tps = /tps = ([0-9.]+)/.exec(out)?.[1];
-      if (code !== 0 || !tps) reject(new Error(`pgbench failed (${code}):\n${out}`));
-      else resolve(Number(tps));
-    });
-  });
-}
 
 /** user + system CPU of a process so far, in microseconds. */
 function cpuUs(pid: number): number {
