@@ -72,7 +72,8 @@ export function approverMatches(approver: string, who: { subject: string; groups
   return false;
 }
 
-const sameIdentity = (a: { subject: string; issuer?: string }, b: { subject: string; issuer?: string }) =>
+/** Same subject from the same issuer. */
+export const sameIdentity = (a: { subject: string; issuer?: string }, b: { subject: string; issuer?: string }) =>
   a.subject === b.subject && (a.issuer ?? '') === (b.issuer ?? '');
 
 export class Approvals {
@@ -216,7 +217,7 @@ export class Approvals {
       const names = [...new Set(rec.terms.requirements.flatMap((q) => q.approvers))].join(', ');
       return new ApprovalError(403, `${who.subject} is not an approver of ${rec.id} (approvers: ${names})`);
     }
-    if (rec.decisions.some((d) => d.by === who.subject && (d.issuer ?? '') === (who.issuer ?? ''))) {
+    if (rec.decisions.some((d) => sameIdentity({ subject: d.by, issuer: d.issuer }, who))) {
       return new ApprovalError(409, `${who.subject} has already decided on ${rec.id}`);
     }
     return undefined;

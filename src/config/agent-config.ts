@@ -6,7 +6,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { parseDuration } from '../policy/schema.ts';
-import { ConfigError, parseHostPort, resolveSecrets, type HostPort } from './config.ts';
+import { ConfigError, configProblems, logSchema, parseHostPort, resolveSecrets, type HostPort } from './config.ts';
 
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/, 'expected host:port');
 
@@ -29,8 +29,7 @@ const agentSchema = z.strictObject({
   }).refine((t) => t.fingerprint !== undefined || t.ca !== undefined, 'tls needs fingerprint or ca: the agent must verify the gateway'),
   connections: z.array(z.strictObject({ name: z.string().min(1), url: z.string().min(1) })).min(1, 'connections must not be empty'),
   backoff: z.strictObject({ initial: z.string().optional(), max: z.string().optional() }).optional(),
-  log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
-    .default({ level: 'info' }),
+  log: logSchema,
 });
 
 export interface AgentConfig {
@@ -40,7 +39,7 @@ export interface AgentConfig {
   tls: { fingerprint?: string; ca?: string; servername?: string; cert?: string; key?: string };
   connections: { name: string; url: string }[];
   backoff: { initialMs?: number; maxMs?: number };
-  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  logLevel: z.infer<typeof logSchema>['level'];
 }
 
 /** Loads agent.yaml; `${VAR}` and `file:` references are resolved (the token and target URLs hold secrets). */
@@ -53,10 +52,7 @@ export function loadAgentConfig(file: string, env: NodeJS.ProcessEnv = process.e
   }
   const baseDir = path.dirname(path.resolve(file));
   const parsed = agentSchema.safeParse(parseYaml(text) ?? {});
-  if (!parsed.success) {
-    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.') || '(top level)'}: ${i.message}`);
-    throw new ConfigError(`invalid agent configuration ${file}:\n${lines.join('\n')}`);
-  }
+  if (!parsed.success) throw configProblems(`agent configuration ${file}`, parsed.error);
   const c = parsed.data;
   const secret = (value: string, where: string) => resolveSecrets(value, where, baseDir, env);
   const pem = (value: string | undefined, where: string) =>

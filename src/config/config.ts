@@ -40,6 +40,16 @@ const connectionSchema = z.strictObject({
   url: z.string().min(1),
 });
 
+/** `log:` of airlock.yaml and agent.yaml. */
+export const logSchema = z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+  .default({ level: 'info' });
+
+/** A failed schema check as a ConfigError listing every problem with its key. */
+export function configProblems(what: string, error: z.ZodError): ConfigError {
+  const lines = error.issues.map((i) => `  ${i.path.join('.') || '(top level)'}: ${i.message}`);
+  return new ConfigError(`invalid ${what}:\n${lines.join('\n')}`);
+}
+
 export const configSchema = z.strictObject({
   data_dir: z.string().optional(),
   store: z.strictObject({ type: z.literal('embedded').default('embedded'), path: z.string().optional() }).optional(),
@@ -61,8 +71,7 @@ export const configSchema = z.strictObject({
   agent: z.strictObject({ connections: z.array(connectionSchema).default([]) }).default({ connections: [] }),
   audit: auditSchema.optional(),
   masking: z.strictObject({ hash_key: z.string().min(16, 'hash_key must have at least 16 characters') }).optional(),
-  log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
-    .default({ level: 'info' }),
+  log: logSchema,
   approvals: z.strictObject({
     /** The API's address as approvers reach it, for links in notices and notifications. */
     public_url: z.url({ error: 'public_url must be a URL such as https://airlock.example.com:8080' }).optional(),
@@ -179,10 +188,7 @@ function resolveDeep(node: unknown, where: string, baseDir: string, env: NodeJS.
 export function buildConfig(raw: unknown, baseDir: string, env: NodeJS.ProcessEnv = process.env): AirlockConfig {
   const resolved = resolveDeep(raw ?? {}, '', baseDir, env);
   const parsed = configSchema.safeParse(resolved);
-  if (!parsed.success) {
-    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.') || '(top level)'}: ${i.message}`);
-    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
-  }
+  if (!parsed.success) throw configProblems('configuration', parsed.error);
   const c = parsed.data;
   const abs = (p: string) => path.resolve(baseDir, p);
   const dataDir = abs(c.data_dir ?? '.airlock');

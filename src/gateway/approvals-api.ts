@@ -2,7 +2,7 @@
 // token or OIDC JWT as a Bearer token; a caller sees the requests it made or may decide on.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ApprovalRecord, ApprovalStatus, Identity } from '../core/types.ts';
-import { ApprovalError, approverMatches, type Approvals } from '../approvals/service.ts';
+import { ApprovalError, approverMatches, sameIdentity, type Approvals } from '../approvals/service.ts';
 import { AuthError } from '../identity/errors.ts';
 import { ServiceTokenError } from '../identity/service-tokens.ts';
 
@@ -16,7 +16,7 @@ const STATUSES: ApprovalStatus[] = ['pending', 'approved', 'rejected', 'expired'
 
 /** The requester, or someone a requirement names as approver. */
 function canSee(rec: ApprovalRecord, who: Identity): boolean {
-  if (rec.requester.subject === who.subject && (rec.requester.issuer ?? '') === (who.issuer ?? '')) return true;
+  if (sameIdentity(rec.requester, who)) return true;
   return rec.terms.requirements.some((q) => q.approvers.some((a) => approverMatches(a, who)));
 }
 

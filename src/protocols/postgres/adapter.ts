@@ -392,7 +392,7 @@ class PgSession {
             `portal "${exec.portal}" was not bound from a statement Airlock allowed`);
         }
         const params = this.pipeline.portalParams(exec.portal);
-        const decision = await this.check(text, { review: 'hold', paramsHash: params && createHash('sha256').update(params).digest('hex') });
+        const decision = await this.check(text, { review: 'hold', params });
         if (!decision) return;
         if (decision.verdict.action !== 'allow') return this.refuse(frame.type, decision.verdict, decision.info);
         if (changesSessionState(decision.info)) this.barrier = 'until-sync';
@@ -440,7 +440,7 @@ class PgSession {
    * Classifies and decides one statement text. Returns undefined when the session was ended
    * (token revoked or expired).
    */
-  private async check(text: string, opts: { auditAllowed?: boolean; copyMaskable?: boolean; review?: 'hold' | 'pass'; paramsHash?: string } = {}): Promise<{ verdict: Decision; info: SqlRequestInfo; event?: AuditEvent } | undefined> {
+  private async check(text: string, opts: { auditAllowed?: boolean; copyMaskable?: boolean; review?: 'hold' | 'pass'; params?: Buffer } = {}): Promise<{ verdict: Decision; info: SqlRequestInfo; event?: AuditEvent } | undefined> {
     const identity = this.identity!;
     if (!(await this.deps.isIdentityActive(identity))) {
       this.deps.audit({ ...this.eventBase('statement'), statement: auditText(text), decision: 'deny', reason: 'token revoked or expired' });
@@ -460,7 +460,7 @@ class PgSession {
     }
     if (verdict.action === 'review' && opts.review === 'pass') return { verdict: { ...verdict, action: 'allow' }, info };
     if (verdict.action === 'review' && opts.review === 'hold') {
-      const after = await this.holdForApproval(this.deps.approvals, text, info, verdict, opts.paramsHash);
+      const after = await this.holdForApproval(this.deps.approvals, text, info, verdict, opts.params);
       if (!after) return undefined;
       verdict = after;
       if (!(await this.deps.isIdentityActive(identity))) {
@@ -482,13 +482,15 @@ class PgSession {
    * for the outcome. Returns the verdict to enforce (allow or deny), or undefined when the
    * session ended meanwhile.
    */
-  private async holdForApproval(approvals: Approvals, text: string, info: SqlRequestInfo, verdict: Decision, paramsHash?: string): Promise<Decision | undefined> {
+  private async holdForApproval(approvals: Approvals, text: string, info: SqlRequestInfo, verdict: Decision, params?: Buffer): Promise<Decision | undefined> {
     const identity = this.identity!;
     const connection = this.connection!.name;
     const grant = await approvals.grantFor(identity, connection, verdict);
     if (grant && (await approvals.use(grant.id, this.id))) {
       return { ...verdict, action: 'allow', approvalId: grant.id, reason: `${verdict.reason}: approved (grant ${grant.id} open until ${grant.grantUntil})` };
     }
+    // The bound parameters (extended protocol) are part of what an approval is for: hashed here, only for held statements.
+    const paramsHash = params && createHash('sha256').update(params).digest('hex');
     const held = await approvals.request({ identity, connection, statement: text, normalized: normalizedStatement(text), paramsHash, decision: verdict });
     const id = held.record.id;
     if (held.record.status === 'pending') {
@@ -627,8 +629,26 @@ or: POST ${how.url}/approve` : ''}`,
     const cur = this.pipeline.current();
     const rec = cur?.tracked as Recorded | undefined;
     if (!rec?.masker || !cur?.fields || rec.planFields === cur.fields) return undefined;
-    const missing = [...new Set(cur.fields.map((f) => f.tableOid).filter((oid) => oid !== 0 && !this.tables.has(oid)))];
+    const missing = this.unknownTables(cur.fields);
     return missing.length ? missing : undefined;
+  }
+
+  /** Table OIDs of these columns the session has not looked up yet. */
+  private unknownTables(fields: FieldDescription[]): number[] {
+    return [...new Set(fields.map((f) => f.tableOid).filter((oid) => oid !== 0 && !this.tables.has(oid)))];
+  }
+
+  /** A masking plan for these result columns. A column carries its alias; rules are about the table's real column. */
+  private planFor(masker: Masker, fields: FieldDescription[]): ColumnPlan {
+    return masker.plan(fields.map((f) => {
+      const table = this.tables.get(f.tableOid);
+      return { name: table?.columns.get(f.column) ?? f.name, table: table?.name };
+    }));
+  }
+
+  /** The mask rules in force for what the target sends now: the current statement's, else the latest allowed one's. */
+  private currentMasker(): Masker | undefined {
+    return (this.pipeline.current()?.tracked as Recorded | undefined)?.masker ?? this.lastMasker;
   }
 
   private async lookUpTables(oids: number[]): Promise<void> {
@@ -650,11 +670,7 @@ or: POST ${how.url}/approve` : ''}`,
       throw new SessionGuardError('rows arrived for a statement whose columns were not described, so they cannot be masked (Describe the portal before Execute)');
     }
     if (rec.planFields !== fields) {
-      // A result column carries its alias; rules are about the table's real column.
-      (rec.plans ??= []).push(rec.masker.plan(fields.map((f) => {
-        const table = this.tables.get(f.tableOid);
-        return { name: table?.columns.get(f.column) ?? f.name, table: table?.name };
-      })));
+      (rec.plans ??= []).push(this.planFor(rec.masker, fields));
       rec.planFields = fields;
     }
     const plan = rec.plans!.at(-1)!;
@@ -687,12 +703,9 @@ or: POST ${how.url}/approve` : ''}`,
     const described = await this.describeOwn(query.text);
     if (described.error !== undefined) return `the columns of this COPY cannot be described, so its output cannot be masked (${described.error})`;
     const fields = described.fields ?? [];
-    const missing = [...new Set(fields.map((f) => f.tableOid).filter((oid) => oid !== 0 && !this.tables.has(oid)))];
+    const missing = this.unknownTables(fields);
     if (missing.length) await this.lookUpTables(missing);
-    const plan = rec.masker!.plan(fields.map((f) => {
-      const table = this.tables.get(f.tableOid);
-      return { name: table?.columns.get(f.column) ?? f.name, table: table?.name };
-    }));
+    const plan = this.planFor(rec.masker!, fields);
     (rec.plans ??= []).push(plan);
     const forceQuote = forceQuoteMask(format, fields.map((f) => f.name));
     rec.copy = { format, plan, forceQuote, header: format.header };
@@ -753,8 +766,7 @@ or: POST ${how.url}/approve` : ''}`,
   }
 
   private maskText(text: string): string {
-    const masker = (this.pipeline.current()?.tracked as Recorded | undefined)?.masker ?? this.lastMasker;
-    return masker ? masker.maskText(text) : text;
+    return this.currentMasker()?.maskText(text) ?? text;
   }
 
   /**
@@ -796,7 +808,7 @@ or: POST ${how.url}/approve` : ''}`,
       fields.C = '01000';
       changed = true;
     }
-    const masker = (this.pipeline.current()?.tracked as Recorded | undefined)?.masker ?? this.lastMasker;
+    const masker = this.currentMasker();
     for (const k of masker ? ['M', 'D', 'H', 'W'] as const : []) {
       const text = fields[k];
       if (text === undefined) continue;
