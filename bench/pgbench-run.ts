@@ -1,5 +1,7 @@
-// Runs pgbench -S once and returns its TPS (shared by the benchmarks in this folder).
+// What the pgbench benchmarks in this folder share: one pgbench -S run, and the gateway they measure.
 import { spawn } from 'node:child_process';
+import { createTestDb } from '../test/helpers/pgdb.ts';
+import { startTestGateway, type TestGateway } from '../test/helpers/gateway.ts';
 
 export interface PgbenchOptions {
   clients: string;
@@ -22,4 +24,46 @@ export function pgbench(conninfo: string, opts: PgbenchOptions): Promise<number>
       else resolve(Number(tps));
     });
   });
+}
+
+/**
+ * A test database with pgbench tables, an in-process gateway (in-process agent, full enforcement)
+ * with an allow/deny policy for it, and a token: what the pgbench benchmarks run against.
+ */
+export async function startBenchGateway(scale: string): Promise<{
+  gw: TestGateway; token: string; direct: string; airlock: string; close(): Promise<void>;
+}> {
+  const db = await createTestDb('airlock_bench');
+  const gw = await startTestGateway({
+    policies: {
+      'bench.yaml': `
+connections:
+  - name: bench
+    type: postgres
+policies:
+  - name: bench-read
+    subjects: [{ group: bench }]
+    connections: [bench]
+    allow:
+      - sql: [select]
+    deny:
+      - sql: [drop, truncate]
+`,
+    },
+    connections: [{ name: 'bench', url: db.url }],
+  });
+  const directUrl = db.url.replace(/\?.*$/, '');
+  console.error(`initialising pgbench tables (scale ${scale}) in ${db.name}...`);
+  const init = spawn('pgbench', ['-i', '-q', '-s', scale, directUrl], { stdio: 'ignore' });
+  await new Promise((r) => init.on('close', r));
+  const { token } = await gw.token('bench', ['bench']);
+  return {
+    gw, token,
+    direct: `${directUrl.replace('postgres://', 'postgresql://')}?sslmode=disable`,
+    airlock: gw.conninfo('bench', 'bench', 'sslmode=disable'),
+    async close() {
+      await gw.close();
+      await db.drop();
+    },
+  };
 }

@@ -6,11 +6,8 @@
 //
 // The gateway runs in this process (gateway + in-process agent, full enforcement: token checks,
 // parsed statements, policy, audit); pgbench and PostgreSQL are separate processes.
-import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
-import { pgbench as runPgbench } from './pgbench-run.ts';
-import { createTestDb } from '../test/helpers/pgdb.ts';
-import { startTestGateway } from '../test/helpers/gateway.ts';
+import { pgbench as runPgbench, startBenchGateway } from './pgbench-run.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -23,35 +20,8 @@ const { values: args } = parseArgs({
 });
 const pgbench = (conninfo: string, password?: string) => runPgbench(conninfo, { clients: args.clients!, seconds: args.seconds!, mode: args.mode, password });
 
-
-const db = await createTestDb('airlock_bench');
-const gw = await startTestGateway({
-  policies: {
-    'bench.yaml': `
-connections:
-  - name: bench
-    type: postgres
-policies:
-  - name: bench-read
-    subjects: [{ group: bench }]
-    connections: [bench]
-    allow:
-      - sql: [select]
-    deny:
-      - sql: [drop, truncate]
-`,
-  },
-  connections: [{ name: 'bench', url: db.url }],
-});
+const { token, direct, airlock, close } = await startBenchGateway(args.scale!);
 try {
-  const directUrl = db.url.replace(/\?.*$/, '');
-  console.error(`initialising pgbench tables (scale ${args.scale}) in ${db.name}...`);
-  const init = spawn('pgbench', ['-i', '-q', '-s', args.scale!, directUrl], { stdio: 'ignore' });
-  await new Promise((r) => init.on('close', r));
-  const { token } = await gw.token('bench', ['bench']);
-  const direct = `${directUrl.replace('postgres://', 'postgresql://')}?sslmode=disable`;
-  const airlock = gw.conninfo('bench', 'bench', 'sslmode=disable');
-
   const rows: { round: number; direct: number; airlock: number; ratio: number; cpuUsPerTxn: number }[] = [];
   for (let round = 1; round <= Number(args.rounds); round++) {
     const d = await pgbench(direct);
@@ -68,6 +38,5 @@ try {
   console.table(rows);
   console.log(`median: airlock/direct = ${median(rows.map((r) => r.ratio))}, gateway CPU per transaction = ${median(rows.map((r) => r.cpuUsPerTxn))} us`);
 } finally {
-  await gw.close();
-  await db.drop();
+  await close();
 }

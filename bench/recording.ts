@@ -8,13 +8,10 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
-import { pgbench as runPgbench } from './pgbench-run.ts';
+import { pgbench as runPgbench, startBenchGateway } from './pgbench-run.ts';
 import { openStore } from '../src/store/store.ts';
 import type { AuditEvent } from '../src/core/types.ts';
-import { createTestDb } from '../test/helpers/pgdb.ts';
-import { startTestGateway } from '../test/helpers/gateway.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -52,28 +49,8 @@ const pgbench = (conninfo: string, password?: string) => runPgbench(conninfo, { 
 
 // 2. pgbench with recording on vs off.
 
-const db = await createTestDb('airlock_bench');
-const gw = await startTestGateway({
-  policies: {
-    'bench.yaml': `
-connections:
-  - name: bench
-    type: postgres
-policies:
-  - name: bench-read
-    subjects: [{ group: bench }]
-    connections: [bench]
-    allow:
-      - sql: [select]
-`,
-  },
-  connections: [{ name: 'bench', url: db.url }],
-});
+const { gw, token, airlock: conninfo, close } = await startBenchGateway('10');
 try {
-  const init = spawn('pgbench', ['-i', '-q', '-s', '10', db.url.replace(/\?.*$/, '')], { stdio: 'ignore' });
-  await new Promise((r) => init.on('close', r));
-  const { token } = await gw.token('bench', ['bench']);
-  const conninfo = gw.conninfo('bench', 'bench', 'sslmode=disable');
   const store = gw.gw.store;
   const record = store.appendAudit.bind(store);
   const rows: Record<string, number>[] = [];
@@ -91,6 +68,5 @@ try {
   const ratios = rows.map((r) => r['on/off']).sort((a, b) => a - b);
   console.log(`median on/off = ${ratios[Math.floor(ratios.length / 2)]} (target: recording costs under 10%, i.e. >= 0.9)`);
 } finally {
-  await gw.close();
-  await db.drop();
+  await close();
 }

@@ -5,7 +5,7 @@ import type { Store } from '../store/store.ts';
 import { AGENT_GROUP, AGENT_SUBJECT_PREFIX } from '../identity/agent-tokens.ts';
 import { durationMs } from '../policy/schema.ts';
 import { call, runApiCommand, type ApiOptions } from './api-client.ts';
-import { formatTable, printBanner, waitForStop } from './format.ts';
+import { formatTable, waitForStop } from './format.ts';
 
 type WithStore = <T>(config: string, fn: (store: Store) => Promise<T>) => Promise<T | undefined>;
 
@@ -21,15 +21,9 @@ export function registerAgentCommands(program: Command, configOption: readonly [
         throw new Error(`${opts.config}: a gateway holds no target credentials: move agent.connections to the agent's config (airlock agent)`);
       }
       if (!config.listeners.agents) throw new Error(`${opts.config}: listeners.agents is required: where agents dial in, e.g. 0.0.0.0:7443`);
-      const { startGateway } = await import('../gateway/gateway.ts');
       const { LocalAgent } = await import('../agent/agent.ts');
-      const gw = await startGateway(config, new LocalAgent([]));
-      printBanner(gw.addresses, gw.tls, gw.policies.current.version, []);
-      console.log(`  agents    ${gw.addresses.agents!.host}:${gw.addresses.agents!.port} (TLS; agents pin sha256 ${gw.tls.fingerprint})`);
-      process.on('SIGHUP', () => gw.reloadPolicies());
-      const signal = await waitForStop();
-      console.log(`stopping (${signal})`);
-      await gw.close();
+      const { serveGateway } = await import('./serve.ts');
+      await serveGateway(config, new LocalAgent([]));
     });
 
   program

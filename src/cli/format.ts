@@ -11,7 +11,7 @@ export function formatTable(rows: Record<string, unknown>[]): string {
   return [line(cols.map((c) => c.toUpperCase())), ...cells.map(line)].join('\n');
 }
 
-export function printBanner(addr: { api: { host: string; port: number; tls: boolean }; postgres: { host: string; port: number } },
+export function printBanner(addr: { api: { host: string; port: number; tls: boolean }; postgres: { host: string; port: number }; agents?: { host: string; port: number } },
   tls: { fingerprint: string; generated: boolean; certFile: string }, policyVersion: string, connections: string[]): void {
   console.log(`airlock ${VERSION} is up`);
   console.log(`  postgres  ${addr.postgres.host}:${addr.postgres.port}`);
@@ -20,6 +20,7 @@ export function printBanner(addr: { api: { host: string; port: number; tls: bool
   console.log(`            sha256 ${tls.fingerprint}`);
   console.log(`  policies  version ${policyVersion}`);
   console.log(`  agent     serves ${connections.join(', ') || '(no connections)'}`);
+  if (addr.agents) console.log(`  agents    ${addr.agents.host}:${addr.agents.port} (TLS; agents pin sha256 ${tls.fingerprint})`);
 }
 
 /** Resolves on the first SIGINT/SIGTERM. */

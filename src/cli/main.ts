@@ -5,7 +5,7 @@ import { VERSION } from '../core/version.ts';
 import { loadPolicyDir, formatProblems } from '../policy/loader.ts';
 import { durationMs } from '../policy/schema.ts';
 import type { Store } from '../store/store.ts';
-import { formatTable, printBanner, waitForStop } from './format.ts';
+import { formatTable } from './format.ts';
 import { registerApprovals } from './approvals.ts';
 import { registerAudit } from './audit.ts';
 import { registerSessions } from './sessions.ts';
@@ -29,20 +29,9 @@ program
   .option(...configOption)
   .action(async (opts: { config: string }) => {
     const config = loadConfig(opts.config);
-    const { startGateway, PolicyInvalidError } = await import('../gateway/gateway.ts');
     const { LocalAgent } = await import('../agent/agent.ts');
-    const gw = await startGateway(config, new LocalAgent(config.connections)).catch((err: unknown) => {
-      // Name the folder: problem paths are relative to it.
-      if (err instanceof PolicyInvalidError) {
-        throw new Error(`the policy folder ${config.policiesDir} is invalid:\n${formatProblems(err.problems, config.policiesDir)}`);
-      }
-      throw err;
-    });
-    printBanner(gw.addresses, gw.tls, gw.policies.current.version, config.connections.map((c) => c.name));
-    process.on('SIGHUP', () => gw.reloadPolicies());
-    const signal = await waitForStop();
-    console.log(`stopping (${signal})`);
-    await gw.close();
+    const { serveGateway } = await import('./serve.ts');
+    await serveGateway(config, new LocalAgent(config.connections));
   });
 
 program
